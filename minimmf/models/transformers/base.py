@@ -1,0 +1,88 @@
+"""``BaseTransformer``: a multimodal transformer is a backend (embeddings +
+encoder layers), one encoder per modality, and a list of heads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import OmegaConf
+from torch import Tensor, nn
+
+from minimmf.common.registry import registry
+from minimmf.models.base_model import BaseModel
+from minimmf.utils.general import as_plain_dict
+
+
+class BaseTransformer(BaseModel):
+    def build(self) -> None:
+        self.build_backend()
+        self.build_encoders()
+        self.build_heads()
+        self.init_weights()
+
+    def build_backend(self) -> None:
+        backend_config = self.config.get("backend", None) or {}
+        backend_type = backend_config.get("type", "huggingface")
+        backend_class = registry.get_transformer_backend_class(backend_type)
+        if backend_class is None:
+            raise ValueError(
+                f"no transformer backend named {backend_type!r}; "
+                f"known: {registry.names('transformer_backend')}"
+            )
+        self.backend = backend_class(self.config)
+        if backend_config.get("freeze", False):
+            self.backend.requires_grad_(False)
+
+    def build_encoders(self) -> None:
+        pass
+
+    def build_heads(self) -> None:
+        self.heads = nn.ModuleList()
+        for head_config in self.config.get("heads", []):
+            head_type = head_config.get("type", "mlp")
+            head_class = registry.get_transformer_head_class(head_type)
+            if head_class is None:
+                raise ValueError(
+                    f"no transformer head named {head_type!r}; "
+                    f"known: {registry.names('transformer_head')}"
+                )
+            head = head_class(head_config)
+            if head_config.get("freeze", False):
+                head.requires_grad_(False)
+            self.heads.append(head)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(self.config.initializer_mean, self.config.initializer_range)
+        elif isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(self.config.layer_norm_weight_fill)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+
+    def init_weights(self) -> None:
+        # As MMF: with a named transformer base, modules keep the initialisation
+        # they were built with (BERT's own, torchvision's, PyTorch's defaults).
+        if not self.config.get("random_initialize", False) and self.config.get("transformer_base") is None:
+            self.apply(self._init_weights)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        pass
+
+
+class BaseTransformerHead(nn.Module):
+    """A head's config is its class defaults updated with the config node."""
+
+    defaults: dict[str, Any] = {"type": None, "freeze": False, "lr_multiplier": 1.0}
+
+    def __init__(self, config: Any):
+        super().__init__()
+        self.config = OmegaConf.create({**self.defaults, **as_plain_dict(config)})
+
+    def tie_weights(self, module: nn.Module | None = None) -> None:
+        pass
+
+    def forward(self, sequence_output: Tensor, encoded_layers: list[Tensor] | None = None,
+                processed_sample_list: dict[str, Any] | None = None) -> dict[str, Tensor]:
+        raise NotImplementedError

@@ -1,0 +1,216 @@
+"""MMF-style configuration assembly.
+
+The complete config of a run is, merged in this order (later wins):
+
+1. ``minimmf/configs/defaults.yaml``;
+2. the model's default config (``model=mmf_transformer``);
+3. each dataset's default config (``dataset=charades``);
+4. the experiment file (``config=...``) with its ``includes:`` chain;
+5. command-line overrides in dot notation (``training.batch_size=4``).
+
+Lists are replaced on merge, never merged item by item (OmegaConf's rule,
+which MMF relies on). ``${...}`` interpolations are resolved at the end.
+"""
+
+from __future__ import annotations
+
+import ast
+import collections.abc
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from minimmf.common.registry import registry
+from minimmf.utils.general import get_minimmf_root
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key."""
+
+
+def load_yaml(path: str | os.PathLike) -> DictConfig:
+    """Load a YAML file and the files its ``includes:`` list names.
+
+    An include is looked up relative to the minimmf package first (as MMF
+    does with its root), then relative to the including file.
+    """
+    path = _find_config_file(path)
+    mapping = OmegaConf.load(path)
+    if mapping is None:
+        mapping = OmegaConf.create()
+    includes = mapping.pop("includes", [])
+    if not isinstance(includes, (list, ListConfig)):
+        raise ConfigError(f"{path}: 'includes' must be a list, got {type(includes).__name__}")
+    merged = OmegaConf.create()
+    for include in includes:
+        merged = OmegaConf.merge(merged, load_yaml(_resolve_include(str(include), path)))
+    return OmegaConf.merge(merged, mapping)
+
+
+def _find_config_file(path: str | os.PathLike) -> Path:
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate.resolve()
+    in_package = get_minimmf_root() / candidate
+    if in_package.is_file():
+        return in_package
+    raise FileNotFoundError(f"config file not found: {path} (also looked in {in_package})")
+
+
+def _resolve_include(include: str, including_file: Path) -> Path:
+    in_package = get_minimmf_root() / include
+    if in_package.is_file():
+        return in_package
+    relative = including_file.parent / include
+    if relative.is_file():
+        return relative
+    raise FileNotFoundError(
+        f"{including_file}: include {include!r} not found in {get_minimmf_root()} "
+        f"nor next to the including file"
+    )
+
+
+def build_config(
+    config_path: str | os.PathLike | None = None,
+    overrides: Sequence[str] | None = None,
+) -> DictConfig:
+    """The complete, resolved config of a run (what ``mmf_run`` saves).
+
+    ``overrides`` are ``key=value`` strings; ``model=`` and ``dataset=`` pick
+    the default configs to include. Without them, the experiment file's own
+    ``model`` / ``datasets`` keys are used (so a saved ``config.yaml`` can be
+    fed back in), and ``mmf_transformer`` / ``charades`` otherwise.
+    """
+    import minimmf.utils.env as env
+
+    env.setup_imports()
+    overrides = list(overrides or [])
+    pairs = _split_overrides(overrides)
+    options = dict(pairs)
+    if config_path is None:
+        config_path = options.get("config")
+    user_config = load_yaml(config_path) if config_path else OmegaConf.create()
+
+    model = options.get("model") or user_config.get("model") or "mmf_transformer"
+    datasets = (
+        options.get("datasets")
+        or options.get("dataset")
+        or user_config.get("datasets")
+        or "charades"
+    )
+    config = OmegaConf.merge(
+        load_yaml(get_minimmf_root() / "configs" / "defaults.yaml"),
+        _model_defaults(model),
+        *[_dataset_defaults(name) for name in _dataset_names(datasets)],
+        user_config,
+    )
+    config.model = model
+    config.datasets = ",".join(_dataset_names(datasets))
+    if config_path:
+        config.config = str(config_path)
+    merge_dotlist(config, [(k, v) for k, v in pairs if k not in ("model", "dataset", "datasets", "config")])
+    try:
+        resolved = OmegaConf.to_container(config, resolve=True, throw_on_missing=True)
+    except Exception as error:  # omegaconf raises several error types here
+        raise ConfigError(f"cannot resolve the config: {error}") from error
+    final = OmegaConf.create(resolved)
+    registry.register("config", final)
+    return final
+
+
+def _dataset_names(datasets: Any) -> list[str]:
+    if isinstance(datasets, (list, ListConfig)):
+        return [str(d) for d in datasets]
+    return [name.strip() for name in str(datasets).split(",") if name.strip()]
+
+
+def _model_defaults(model: str) -> DictConfig:
+    model_class = registry.get_model_class(model)
+    if model_class is None:
+        raise ConfigError(
+            f"model={model!r} is not registered; known models: {registry.names('model')}"
+        )
+    return load_yaml(model_class.config_path())
+
+
+def _dataset_defaults(dataset: str) -> DictConfig:
+    builder_class = registry.get_builder_class(dataset)
+    if builder_class is None:
+        raise ConfigError(
+            f"dataset={dataset!r} is not registered; known datasets: {registry.names('builder')}"
+        )
+    return load_yaml(builder_class.config_path())
+
+
+def _split_overrides(overrides: Sequence[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        key, value = item.split("=", 1)
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def merge_dotlist(config: DictConfig, pairs: Sequence[tuple[str, str]]) -> DictConfig:
+    """Apply ``a.b[0].c=value`` overrides in place; unknown keys are errors."""
+    for key, raw_value in pairs:
+        node: Any = config
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            name, index = _parse_part(part, key)
+            last = depth == len(parts) - 1
+            if not isinstance(node, (DictConfig, dict)) or name not in node:
+                where = ".".join(parts[:depth]) or "the top level"
+                known = sorted(node.keys()) if isinstance(node, (DictConfig, dict)) else []
+                raise ConfigError(
+                    f"unknown config key {key!r}: {name!r} does not exist under {where}"
+                    + (f" (known keys: {', '.join(map(str, known))})" if known else "")
+                )
+            if index is None:
+                if last:
+                    node[name] = decode_value(raw_value)
+                else:
+                    node = node[name]
+                continue
+            sequence = node[name]
+            if not isinstance(sequence, (ListConfig, list)) or not -len(sequence) <= index < len(sequence):
+                raise ConfigError(f"config key {key!r}: {name}[{index}] does not exist")
+            if last:
+                sequence[index] = decode_value(raw_value)
+            else:
+                node = sequence[index]
+    return config
+
+
+def _parse_part(part: str, key: str) -> tuple[str, int | None]:
+    if "[" not in part:
+        return part, None
+    if not part.endswith("]"):
+        raise ConfigError(f"config key {key!r}: bad index in {part!r}")
+    name, index = part[:-1].split("[", 1)
+    try:
+        return name, int(index)
+    except ValueError:
+        raise ConfigError(f"config key {key!r}: index {index!r} is not an integer") from None
+
+
+def decode_value(value: str) -> Any:
+    """Turn a command-line string into a Python value, as MMF does."""
+    lowered = value.strip().lower()
+    if lowered in ("none", "null"):
+        return None
+    if lowered == "true":
+        return True
+    if lowered == "false":
+        return False
+    try:
+        decoded = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+    if isinstance(decoded, collections.abc.Set):
+        return value
+    return decoded

@@ -1,0 +1,67 @@
+"""Shared fixtures: configs and models built once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from minimmf.common.sample import SampleList
+from minimmf.models.mmf_transformer import MMFTransformer
+from minimmf.utils.configuration import build_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DIRECT_CONFIG = ROOT / "projects/mmf_transformer/configs/charades/direct.yaml"
+TINY_CONFIG = ROOT / "projects/mmf_transformer/configs/charades/tiny.yaml"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def build_model_from(config_path: Path, overrides: list[str] | None = None) -> MMFTransformer:
+    config = build_config(config_path, ["model=mmf_transformer", "dataset=charades", *(overrides or [])])
+    model = MMFTransformer(config.model_config.mmf_transformer)
+    model.build()
+    model.init_losses()
+    return model
+
+
+def random_batch(batch_size: int, num_labels: int, frames: int, crop: int, audio: int,
+                 seq_len: int = 128, seed: int = 0) -> SampleList:
+    """Model inputs of the right shapes and types, with varied text lengths."""
+    generator = torch.Generator().manual_seed(seed)
+    input_mask = torch.zeros(batch_size, seq_len, dtype=torch.long)
+    for row in range(batch_size):
+        input_mask[row, : 5 + 7 * row] = 1
+    input_ids = torch.randint(1000, 30000, (batch_size, seq_len), generator=generator) * input_mask
+    return SampleList({
+        "input_ids": input_ids,
+        "input_mask": input_mask,
+        "segment_ids": torch.zeros(batch_size, seq_len, dtype=torch.long),
+        "video": torch.randn(batch_size, 3, frames, crop, crop, generator=generator),
+        "audio": torch.rand(batch_size, 1, audio, audio, generator=generator),
+        "targets": (torch.rand(batch_size, num_labels, generator=generator) > 0.7).float(),
+        "dataset_name": "charades",
+        "dataset_type": "test",
+    })
+
+
+@pytest.fixture(scope="session")
+def full_config():
+    return build_config(DIRECT_CONFIG, ["model=mmf_transformer", "dataset=charades"])
+
+
+@pytest.fixture(scope="session")
+def full_model() -> MMFTransformer:
+    torch.manual_seed(0)
+    return build_model_from(DIRECT_CONFIG).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> MMFTransformer:
+    torch.manual_seed(0)
+    return build_model_from(TINY_CONFIG).eval()
+
+
+@pytest.fixture
+def tiny_batch() -> SampleList:
+    return random_batch(batch_size=3, num_labels=8, frames=8, crop=64, audio=64)
