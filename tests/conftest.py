@@ -65,3 +65,21 @@ def tiny_model() -> MMFTransformer:
 @pytest.fixture
 def tiny_batch() -> SampleList:
     return random_batch(batch_size=3, num_labels=8, frames=8, crop=64, audio=64)
+
+
+SYNTHETIC_CLASSES = 8
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory) -> Path:
+    """A small synthetic Charades (8 classes, 12 train / 4 test videos of 2 s)."""
+    from scripts.make_synthetic_charades import main as make_synthetic
+
+    out = tmp_path_factory.mktemp("charades_data")
+    make_synthetic(["--out", str(out), "--num-classes", str(SYNTHETIC_CLASSES), "--num-train", "12",
+                    "--num-test", "4", "--duration", "2", "--width", "96", "--height", "64", "--quiet"])
+    return out
+
+
+def synthetic_root(data_dir: Path) -> Path:
+    return data_dir / "datasets" / "charades" / "defaults"

@@ -1,0 +1,88 @@
+"""The Charades dataset: one sample per video, with its 16-frame clip (or
+``frames_per_clip``), its audio, its script and its multi-hot actions."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import Dataset
+
+from minimmf.common.sample import Sample
+from minimmf.datasets.builders.charades._utils import (
+    VideoDecodeError,
+    decode_clip,
+    make_charades_df,
+    read_classes_file,
+)
+from minimmf.utils.build import build_processors
+
+logger = logging.getLogger(__name__)
+
+
+class CharadesDataset(Dataset):
+    dataset_name = "charades"
+
+    def __init__(self, config: DictConfig, dataset_type: str, imdb_file_index: int = 0):
+        super().__init__()
+        if dataset_type not in config.annotations:
+            raise ValueError(f"charades has no {dataset_type!r} split; splits: {list(config.annotations)}")
+        self.config = config
+        self.dataset_type = dataset_type
+        self.frames_per_clip = int(config.get("frames_per_clip", 16))
+        self.prediction_threshold = float(config.get("prediction_threshold", 0.5))
+        data_dir = config.data_dir
+        classes_file = os.path.join(data_dir, config.classes_file)
+        # class index = alphabetical order of the class names, the same in every split
+        self.classes = sorted(read_classes_file(classes_file).values())
+        self.idx_to_class = self.classes
+        self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
+        self.df = make_charades_df(
+            csv_path=os.path.join(data_dir, config.annotations[dataset_type][imdb_file_index]),
+            video_dir=os.path.join(data_dir, config.videos[dataset_type][imdb_file_index]),
+            classes_file=classes_file,
+        )
+        self.init_processors()
+
+    def init_processors(self) -> None:
+        processors = build_processors(self.config.processors)
+        for name, processor in processors.items():
+            setattr(self, name, processor)
+        self.processors = processors
+        video_key = "video_train_processor" if self.dataset_type == "train" else "video_test_processor"
+        self.video_processor = processors.get(video_key)
+        self.audio_processor = processors.get("audio_processor")
+        self.audio_samples_needed = getattr(self.audio_processor, "samples_needed", None)
+
+    def __len__(self) -> int:
+        return len(self.df)
+
+    def targets_for(self, labels: list[str]) -> torch.Tensor:
+        one_hot = torch.zeros(len(self.classes))
+        one_hot[[self.class_to_idx[name] for name in labels]] = 1
+        return one_hot
+
+    def __getitem__(self, idx: int) -> Sample:
+        row = self.df.iloc[idx]
+        try:
+            clip = decode_clip(row["path"], self.frames_per_clip, self.audio_samples_needed)
+        except VideoDecodeError as error:
+            raise VideoDecodeError(f"{row['path']}: {error}") from error
+        sample = Sample()
+        sample.id = row["id"]
+        sample.video = self.video_processor(clip.video) if self.video_processor else clip.video
+        sample.audio = self.audio_processor(clip.audio) if self.audio_processor else clip.audio
+        sample.update(self.text_processor({"text": row["script"]}))
+        sample.targets = self.targets_for(row["action_labels"])
+        return sample
+
+    def format_for_prediction(self, ids: list[Any], scores: torch.Tensor) -> list[dict[str, Any]]:
+        """MMF's prediction format: the labels whose sigmoid passes the threshold."""
+        above = torch.sigmoid(scores) > self.prediction_threshold
+        return [
+            {"id": item_id, "labels": [self.idx_to_class[i] for i in row.nonzero().flatten().tolist()]}
+            for item_id, row in zip(ids, above, strict=True)
+        ]

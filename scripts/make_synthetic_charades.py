@@ -1,0 +1,205 @@
+#!/usr/bin/env python
+"""Write a small synthetic dataset in the exact Charades layout.
+
+    <out>/datasets/charades/defaults/Charades/Charades_v1_train.csv
+    <out>/datasets/charades/defaults/Charades/Charades_v1_test.csv
+    <out>/datasets/charades/defaults/Charades/Charades_v1_classes.txt
+    <out>/datasets/charades/defaults/Charades_v1_480/<id>.mp4   (H.264 + AAC)
+
+Each video shows one to three actions. Every action class is learnable from
+each modality on its own: a square of the class's colour moves on screen
+while the action lasts, the soundtrack is the sum of the classes' tones
+(present from the first sample, since the audio pipeline reads only the
+start), and the script names the actions. Everything is deterministic given
+``--seed``. ``<out>`` is what ``env.data_dir`` points at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import colorsys
+import csv
+import sys
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from tqdm import tqdm
+
+CSV_COLUMNS = ["id", "subject", "scene", "quality", "relevance", "verified", "script", "objects",
+               "descriptions", "actions", "length"]
+ACTION_NAMES = [
+    "Holding a book", "Opening a door", "Drinking from a cup", "Sitting in a chair", "Watching television",
+    "Someone is sneezing", "Putting on shoes", "Tidying up a shelf", "Washing a dish", "Closing a window",
+    "Eating a sandwich", "Walking through a doorway", "Playing with a phone", "Throwing a pillow",
+    "Turning on a light", "Pouring into a cup", "Laughing at a picture", "Taking a towel", "Sweeping the floor",
+    "Lying on a bed", "Opening a laptop", "Holding some clothes", "Standing on a chair", "Fixing a vacuum",
+]
+SCENES = ["Kitchen", "Bedroom", "Living room", "Bathroom", "Hallway", "Garage"]
+FILLERS = ["The room is quiet.", "It is late in the evening.", "Nobody else is around.", "The light is dim.",
+           "Music plays somewhere.", ""]
+LAYOUT = Path("datasets/charades/defaults")
+
+
+@dataclass(frozen=True)
+class ActionClass:
+    class_id: str
+    name: str
+    color: tuple[int, int, int]
+    tone_hz: float
+
+
+@dataclass
+class Action:
+    action_class: ActionClass
+    start: float
+    end: float
+    phase: float
+
+
+def action_classes(num_classes: int) -> list[ActionClass]:
+    names = ACTION_NAMES + [f"Doing synthetic action {i}" for i in range(len(ACTION_NAMES), num_classes)]
+    tones = np.geomspace(300.0, 6000.0, num_classes)
+    classes = []
+    for index in range(num_classes):
+        red, green, blue = colorsys.hsv_to_rgb(index / num_classes, 0.9, 0.95)
+        classes.append(ActionClass(f"c{index:03d}", names[index], (int(red * 255), int(green * 255), int(blue * 255)),
+                                   float(tones[index])))
+    return classes
+
+
+def video_id(rng: np.random.Generator) -> str:
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    return "".join(rng.choice(list(alphabet), size=5))
+
+
+def pick_actions(rng: np.random.Generator, classes: list[ActionClass], duration: float,
+                 must_include: ActionClass | None) -> list[Action]:
+    count = int(rng.integers(1, 4))
+    chosen = list(rng.choice(len(classes), size=count, replace=False))
+    if must_include is not None and classes.index(must_include) not in chosen:
+        chosen[0] = classes.index(must_include)
+    return [Action(classes[i], round(float(rng.uniform(0, 0.15 * duration)), 2),
+                   round(float(rng.uniform(0.85 * duration, duration)), 2), float(rng.uniform(0, 2 * np.pi)))
+            for i in chosen]
+
+
+def render_frame(actions: list[Action], t: float, width: int, height: int, background: np.ndarray) -> np.ndarray:
+    frame = background.copy()
+    side = max(8, height // 4)
+    for slot, action in enumerate(actions):
+        if not action.start <= t <= action.end:
+            continue
+        center_y = int((slot + 1) * height / (len(actions) + 1))
+        center_x = int(width / 2 + (width / 2 - side) * np.sin(2 * np.pi * t / 2.0 + action.phase))
+        top, left = max(0, center_y - side // 2), max(0, center_x - side // 2)
+        frame[top : top + side, left : left + side] = action.action_class.color
+    return frame
+
+
+def soundtrack(actions: list[Action], duration: float, rate: int, rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(int(duration * rate)) / rate
+    audio = sum(np.sin(2 * np.pi * a.action_class.tone_hz * t + a.phase) for a in actions) * (0.6 / len(actions))
+    audio = audio + rng.normal(0, 0.01, size=t.shape)
+    return np.clip(audio, -1, 1).astype(np.float32)[None, :]
+
+
+def write_video(path: Path, actions: list[Action], args: argparse.Namespace, rng: np.random.Generator) -> None:
+    background = np.clip(rng.normal(60, 12, size=(args.height, args.width, 3)), 0, 255).astype(np.uint8)
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream("libx264", rate=Fraction(args.fps).limit_denominator(1000))
+        video.width, video.height, video.pix_fmt = args.width, args.height, "yuv420p"
+        video.options = {"preset": "veryfast", "crf": "23"}
+        audio = container.add_stream("aac", rate=args.audio_rate, layout="mono")
+        for index in range(int(round(args.duration * args.fps))):
+            image = render_frame(actions, index / args.fps, args.width, args.height, background)
+            for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        samples = soundtrack(actions, args.duration, args.audio_rate, rng)
+        chunk = 1024
+        for start in range(0, samples.shape[1], chunk):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start : start + chunk]),
+                                               format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = args.audio_rate, start
+            for packet in audio.encode(frame):
+                container.mux(packet)
+        for packet in audio.encode():
+            container.mux(packet)
+
+
+def script_for(actions: list[Action], rng: np.random.Generator) -> str:
+    phrases = [a.action_class.name[0].lower() + a.action_class.name[1:] for a in actions]
+    text = "In this video: " + ", then ".join(phrases) + "."
+    return f"{text} {rng.choice(FILLERS)}".strip()
+
+
+def write_split(name: str, count: int, classes: list[ActionClass], args: argparse.Namespace,
+                rng: np.random.Generator, used_ids: set[str]) -> None:
+    annotations = args.out / LAYOUT / "Charades" / f"Charades_v1_{name}.csv"
+    videos = args.out / LAYOUT / "Charades_v1_480"
+    rows = []
+    for index in tqdm(range(count), desc=f"{name} videos", unit="video", disable=args.quiet):
+        vid = video_id(rng)
+        while vid in used_ids:
+            vid = video_id(rng)
+        used_ids.add(vid)
+        # the training split shows every class at least once
+        must_include = classes[index] if name == "train" and index < len(classes) else None
+        actions = pick_actions(rng, classes, args.duration, must_include)
+        write_video(videos / f"{vid}.mp4", actions, args, rng)
+        rows.append({
+            "id": vid, "subject": f"S{int(rng.integers(1, 99)):02d}", "scene": str(rng.choice(SCENES)),
+            "quality": int(rng.integers(3, 8)), "relevance": int(rng.integers(4, 8)), "verified": "Yes",
+            "script": script_for(actions, rng), "objects": "", "descriptions": "",
+            "actions": ";".join(f"{a.action_class.class_id} {a.start:.2f} {a.end:.2f}" for a in actions),
+            "length": f"{args.duration:.2f}",
+        })
+    with open(annotations, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("data"), help="data root (env.data_dir); default ./data")
+    parser.add_argument("--num-classes", type=int, default=8)
+    parser.add_argument("--num-train", type=int, default=100)
+    parser.add_argument("--num-test", type=int, default=24)
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per video")
+    parser.add_argument("--width", type=int, default=160)
+    parser.add_argument("--height", type=int, default=120)
+    parser.add_argument("--fps", type=float, default=12.0)
+    parser.add_argument("--audio-rate", type=int, default=16000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if args.num_classes < 1 or args.num_train < args.num_classes:
+        parser.error("need at least one class and at least as many training videos as classes")
+    if args.width % 2 or args.height % 2:
+        parser.error("H.264 needs an even width and height")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    (args.out / LAYOUT / "Charades").mkdir(parents=True, exist_ok=True)
+    (args.out / LAYOUT / "Charades_v1_480").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(args.seed)
+    classes = action_classes(args.num_classes)
+    with open(args.out / LAYOUT / "Charades" / "Charades_v1_classes.txt", "w", encoding="utf-8") as handle:
+        handle.writelines(f"{c.class_id} {c.name}\n" for c in classes)
+    used_ids: set[str] = set()
+    write_split("train", args.num_train, classes, args, rng, used_ids)
+    write_split("test", args.num_test, classes, args, rng, used_ids)
+    print(f"wrote {args.num_train} training and {args.num_test} test videos of {args.num_classes} classes "
+          f"under {args.out / LAYOUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
