@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo clean
+.PHONY: install test test-fast lint demo bench clean
 
 install: $(STAMP)
 
@@ -23,8 +23,12 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest tests -m "not slow"
 
+# The main job: data -> training -> archive -> TorchServe -> requests -> stop.
+demo: install
+	BIN=$(BIN) scripts/demo.sh
+
 lint: install
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) save data logs .pytest_cache .ruff_cache
+	rm -rf $(VENV) save data logs .pytest_cache .ruff_cache key_file.json demo.mp4 response.txt

@@ -41,6 +41,7 @@ SCENES = ["Kitchen", "Bedroom", "Living room", "Bathroom", "Hallway", "Garage"]
 FILLERS = ["The room is quiet.", "It is late in the evening.", "Nobody else is around.", "The light is dim.",
            "Music plays somewhere.", ""]
 LAYOUT = Path("datasets/charades/defaults")
+TONE_AMPLITUDE = 0.008  # mel power ~0.6 at the tone's bin, below the pipeline's wrap-around at 1.0
 
 
 @dataclass(frozen=True)
@@ -100,9 +101,11 @@ def render_frame(actions: list[Action], t: float, width: int, height: int, backg
 
 
 def soundtrack(actions: list[Action], duration: float, rate: int, rng: np.random.Generator) -> np.ndarray:
+    # Quiet tones: the Charades audio pipeline turns mel power into bytes by
+    # multiplying by 255 and wrapping, so louder tones would alias into noise.
     t = np.arange(int(duration * rate)) / rate
-    audio = sum(np.sin(2 * np.pi * a.action_class.tone_hz * t + a.phase) for a in actions) * (0.6 / len(actions))
-    audio = audio + rng.normal(0, 0.01, size=t.shape)
+    audio = sum(TONE_AMPLITUDE * np.sin(2 * np.pi * a.action_class.tone_hz * t + a.phase) for a in actions)
+    audio = audio + rng.normal(0, 1e-4, size=t.shape)
     return np.clip(audio, -1, 1).astype(np.float32)[None, :]
 
 

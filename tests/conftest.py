@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,46 @@ def synthetic_data_dir(tmp_path_factory) -> Path:
 
 def synthetic_root(data_dir: Path) -> Path:
     return data_dir / "datasets" / "charades" / "defaults"
+
+
+def run_args(data_dir: Path, save_dir: Path, *extra: str) -> list[str]:
+    """mmf_run arguments for a 4-update run of the tiny config."""
+    return [f"config={TINY_CONFIG}", "run_type=train_val", "dataset=charades", "model=mmf_transformer",
+            f"env.data_dir={data_dir}", f"env.save_dir={save_dir}", "training.batch_size=4",
+            "training.num_workers=0", "training.max_updates=4", "training.log_interval=1",
+            "training.evaluation_interval=2", "training.checkpoint_interval=2", "training.seed=1",
+            "training.find_unused_parameters=True", "scheduler.params.num_training_steps=4", *extra]
+
+
+@pytest.fixture(scope="session")
+def trained(synthetic_data_dir, tmp_path_factory) -> Path:
+    """What ``mmf_run`` wrote after 4 updates of the tiny config on the synthetic data."""
+    from minimmf.cli.run import run
+
+    save_dir = tmp_path_factory.mktemp("save")
+    run(run_args(synthetic_data_dir, save_dir))
+    return save_dir
+
+
+@pytest.fixture(scope="session")
+def labels_csv(synthetic_data_dir, tmp_path_factory) -> Path:
+    from scripts.generate_action_labels import main as generate_labels
+
+    path = tmp_path_factory.mktemp("labels") / "charades_action_labels.csv"
+    assert generate_labels(["--data-dir", str(synthetic_data_dir), "--out", str(path)]) == 0
+    return path
+
+
+def archive_model(save_dir: Path, labels: Path, store: Path, model_config: Path) -> Path:
+    """Build MMF_model.mar with torch-model-archiver, as scripts/archive.sh does."""
+    import subprocess
+
+    archiver = Path(sys.executable).parent / "torch-model-archiver"
+    store.mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(archiver), "--model-name", "MMF_model", "--version", "1.0",
+                    "--serialized-file", str(save_dir / "mmf_transformer_final.pth"),
+                    "--handler", str(ROOT / "handler.py"),
+                    "--extra-files", f"{labels},{save_dir / 'config.yaml'},{save_dir / 'vocab.txt'}",
+                    "--config-file", str(model_config), "--export-path", str(store), "--force"],
+                   check=True, capture_output=True)
+    return store / "MMF_model.mar"

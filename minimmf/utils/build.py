@@ -50,3 +50,31 @@ def build_processors(processors_config: DictConfig, **extra: Any) -> dict[str, A
         name: Processor(processor_config, **extra)
         for name, processor_config in processors_config.items()
     }
+
+
+def build_optimizer(model: nn.Module, config: DictConfig) -> Any:
+    """``config.optimizer`` ({type, params}) over the model's parameter groups."""
+    optimizer_config = config.optimizer
+    optimizer_class = registry.get_optimizer_class(optimizer_config.type)
+    if optimizer_class is None:
+        raise ValueError(
+            f"optimizer.type={optimizer_config.type!r} is unknown; known: {registry.names('optimizer')}"
+        )
+    params = dict(optimizer_config.get("params", None) or {})
+    groups = model.get_optimizer_parameters(config) if hasattr(model, "get_optimizer_parameters") \
+        else [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    return optimizer_class(groups, **params)
+
+
+def build_scheduler(optimizer: Any, config: DictConfig) -> Any:
+    """``config.scheduler`` when ``training.lr_scheduler`` is on, else None."""
+    if not config.training.get("lr_scheduler", False):
+        return None
+    scheduler_config = config.get("scheduler", None) or {}
+    scheduler_type = scheduler_config.get("type")
+    scheduler_fn = registry.get_scheduler_class(scheduler_type)
+    if scheduler_fn is None:
+        raise ValueError(
+            f"scheduler.type={scheduler_type!r} is unknown; known: {registry.names('scheduler')}"
+        )
+    return scheduler_fn(optimizer, **dict(scheduler_config.get("params", None) or {}))

@@ -13,6 +13,9 @@ import torch
 _REGISTERING_MODULES = (
     "minimmf.modules.encoders",
     "minimmf.modules.losses",
+    "minimmf.modules.metrics",
+    "minimmf.modules.optimizers",
+    "minimmf.modules.schedulers",
     "minimmf.models.transformers.backends.huggingface",
     "minimmf.models.transformers.heads.mlp",
     "minimmf.models.mmf_transformer",

@@ -70,6 +70,42 @@ class BaseTransformer(BaseModel):
     def tie_weights(self) -> None:
         pass
 
+    def get_optimizer_parameters(self, config: Any) -> list[dict[str, Any]]:
+        """BERT-style parameter groups (no weight decay on biases and LayerNorms);
+        a head with ``lr_multiplier`` != 1 gets its own learning rate."""
+        base_lr = config.optimizer.params.lr
+        groups: list[dict[str, Any]] = []
+        shared: list[tuple[str, nn.Parameter]] = []
+        for name, module in self.named_children():
+            if name != "heads":
+                shared += list(module.named_parameters(prefix=name))
+                continue
+            for head_config, head in zip(self.config.get("heads", []), self.heads, strict=True):
+                multiplier = head_config.get("lr_multiplier", 1.0)
+                if multiplier != 1.0:
+                    groups += bert_parameter_groups(list(head.named_parameters()), base_lr * multiplier)
+                else:
+                    shared += list(head.named_parameters())
+        return groups + bert_parameter_groups(shared)
+
+
+_NO_WEIGHT_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")
+
+
+def bert_parameter_groups(named_parameters: list[tuple[str, nn.Parameter]], lr: float | None = None,
+                          weight_decay: float = 0.01) -> list[dict[str, Any]]:
+    """MMF's ``get_bert_configured_parameters``: decay 0.01 except biases and LayerNorms."""
+    trainable = [(n, p) for n, p in named_parameters if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in trainable if not any(nd in n for nd in _NO_WEIGHT_DECAY)],
+         "weight_decay": weight_decay},
+        {"params": [p for n, p in trainable if any(nd in n for nd in _NO_WEIGHT_DECAY)], "weight_decay": 0.0},
+    ]
+    if lr is not None:
+        for group in groups:
+            group["lr"] = lr
+    return groups
+
 
 class BaseTransformerHead(nn.Module):
     """A head's config is its class defaults updated with the config node."""

@@ -13,7 +13,9 @@ from torch.utils.data import Dataset
 
 from minimmf.common.sample import Sample
 from minimmf.datasets.builders.charades._utils import (
+    DecodedClip,
     VideoDecodeError,
+    VideoSource,
     decode_clip,
     make_charades_df,
     read_classes_file,
@@ -21,6 +23,34 @@ from minimmf.datasets.builders.charades._utils import (
 from minimmf.utils.build import build_processors
 
 logger = logging.getLogger(__name__)
+
+
+class CharadesSampleMaker:
+    """A video (path or bytes) and its script -> a Sample with ``video``,
+    ``audio`` and the text fields: the one way both training and serving
+    turn inputs into model tensors."""
+
+    def __init__(self, processors: dict[str, Any], dataset_type: str, frames_per_clip: int = 16):
+        video_key = "video_train_processor" if dataset_type == "train" else "video_test_processor"
+        self.video_processor = processors[video_key]
+        self.audio_processor = processors["audio_processor"]
+        self.text_processor = processors["text_processor"]
+        self.frames_per_clip = frames_per_clip
+        # decode no more audio than the pipeline looks at
+        self.audio_samples_needed = getattr(self.audio_processor, "samples_needed", None)
+
+    def decode(self, source: VideoSource) -> DecodedClip:
+        return decode_clip(source, self.frames_per_clip, self.audio_samples_needed)
+
+    def from_clip(self, clip: DecodedClip, script: str) -> Sample:
+        sample = Sample()
+        sample.video = self.video_processor(clip.video)
+        sample.audio = self.audio_processor(clip.audio)
+        sample.update(self.text_processor({"text": script}))
+        return sample
+
+    def __call__(self, source: VideoSource, script: str) -> Sample:
+        return self.from_clip(self.decode(source), script)
 
 
 class CharadesDataset(Dataset):
@@ -52,10 +82,7 @@ class CharadesDataset(Dataset):
         for name, processor in processors.items():
             setattr(self, name, processor)
         self.processors = processors
-        video_key = "video_train_processor" if self.dataset_type == "train" else "video_test_processor"
-        self.video_processor = processors.get(video_key)
-        self.audio_processor = processors.get("audio_processor")
-        self.audio_samples_needed = getattr(self.audio_processor, "samples_needed", None)
+        self.sample_maker = CharadesSampleMaker(processors, self.dataset_type, self.frames_per_clip)
 
     def __len__(self) -> int:
         return len(self.df)
@@ -68,14 +95,10 @@ class CharadesDataset(Dataset):
     def __getitem__(self, idx: int) -> Sample:
         row = self.df.iloc[idx]
         try:
-            clip = decode_clip(row["path"], self.frames_per_clip, self.audio_samples_needed)
+            sample = self.sample_maker(row["path"], row["script"])
         except VideoDecodeError as error:
             raise VideoDecodeError(f"{row['path']}: {error}") from error
-        sample = Sample()
         sample.id = row["id"]
-        sample.video = self.video_processor(clip.video) if self.video_processor else clip.video
-        sample.audio = self.audio_processor(clip.audio) if self.audio_processor else clip.audio
-        sample.update(self.text_processor({"text": row["script"]}))
         sample.targets = self.targets_for(row["action_labels"])
         return sample
 

@@ -1,0 +1,76 @@
+"""Multi-label metrics for Charades, registered under MMF's names.
+
+Each metric takes sigmoid-able ``scores`` (N, C) logits and multi-hot
+``targets`` (N, C) and returns a float. ``multilabel_micro_f1`` and
+``multilabel_macro_f1`` threshold sigmoid scores at 0.5 (MMF rounds them);
+``map`` is Charades' standard mean average precision over the classes that
+have at least one positive (MMF's own ``ap`` metrics apply a softmax, which
+does not fit multi-label data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from minimmf.common.registry import registry
+
+Metric = Callable[[Tensor, Tensor], float]
+
+
+def _binary_predictions(scores: Tensor) -> Tensor:
+    return (torch.sigmoid(scores.float()) >= 0.5).float()
+
+
+def _counts(scores: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    predicted = _binary_predictions(scores)
+    targets = targets.float()
+    true_positive = (predicted * targets).sum(dim=0)
+    false_positive = (predicted * (1 - targets)).sum(dim=0)
+    false_negative = ((1 - predicted) * targets).sum(dim=0)
+    return true_positive, false_positive, false_negative
+
+
+@registry.register_metric("multilabel_micro_f1")
+def multilabel_micro_f1(scores: Tensor, targets: Tensor) -> float:
+    tp, fp, fn = (count.sum() for count in _counts(scores, targets))
+    denominator = 2 * tp + fp + fn
+    return float(2 * tp / denominator) if denominator > 0 else 0.0
+
+
+@registry.register_metric("multilabel_macro_f1")
+def multilabel_macro_f1(scores: Tensor, targets: Tensor) -> float:
+    """Mean of per-class F1; a class never predicted nor present scores 0 (as sklearn)."""
+    tp, fp, fn = _counts(scores, targets)
+    denominator = 2 * tp + fp + fn
+    per_class = torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1), torch.zeros_like(tp))
+    return float(per_class.mean())
+
+
+def average_precision(class_scores: Tensor, class_targets: Tensor) -> float:
+    """Mean of the precision at the rank of each positive, ranks by descending score."""
+    order = torch.argsort(class_scores, descending=True, stable=True)
+    hits = class_targets[order].float()
+    precision_at_rank = hits.cumsum(0) / torch.arange(1, len(hits) + 1, dtype=torch.float32)
+    return float((precision_at_rank * hits).sum() / hits.sum())
+
+
+@registry.register_metric("map")
+def mean_average_precision(scores: Tensor, targets: Tensor) -> float:
+    probabilities = torch.sigmoid(scores.float())
+    with_positives = [c for c in range(targets.size(1)) if targets[:, c].sum() > 0]
+    if not with_positives:
+        return 0.0
+    return sum(average_precision(probabilities[:, c], targets[:, c]) for c in with_positives) / len(with_positives)
+
+
+def build_metrics(names: Sequence[str]) -> dict[str, Metric]:
+    metrics = {}
+    for name in names:
+        metric = registry.get_metric_class(name)
+        if metric is None:
+            raise ValueError(f"unknown metric {name!r}; known: {registry.names('metric')}")
+        metrics[name] = metric
+    return metrics

@@ -1,0 +1,138 @@
+"""handler.py in-process, on the archive torch-model-archiver builds: the
+answers, per-request errors inside a batch, describe, and device choice."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, archive_model, synthetic_root
+from tests.handler_harness import extract, handle, load_handler
+from tests.media import encode_video
+
+
+@pytest.fixture(scope="module")
+def served(trained, labels_csv, tmp_path_factory):
+    store = tmp_path_factory.mktemp("store")
+    mar = archive_model(trained, labels_csv, store, ROOT / "model-config.yaml")
+    model_dir = extract(mar, tmp_path_factory.mktemp("extracted"))
+    return load_handler(model_dir, {"handler": {"max_video_bytes": 2_000_000}})
+
+
+@pytest.fixture(scope="module")
+def test_videos(synthetic_data_dir):
+    import pandas as pd
+
+    root = synthetic_root(synthetic_data_dir)
+    df = pd.read_csv(root / "Charades" / "Charades_v1_test.csv", dtype=str, keep_default_na=False)
+    return [((root / "Charades_v1_480" / f"{row.id}.mp4").read_bytes(), row.script) for row in df.itertuples()]
+
+
+def form(video: bytes, script: str, **extra) -> dict:
+    """A multipart request as TorchServe hands it over (file parts as bytearray)."""
+    return {"data": bytearray(video), "script": bytearray(script.encode()), **extra}
+
+
+def test_answers_match_the_model(served, test_videos):
+    handler, context = served
+    results = handle(handler, context, [form(v, s) for v, s in test_videos])
+    assert [status for status, _ in results] == [200] * len(test_videos)
+    assert handler.classes == sorted(handler.classes)
+    for (_, body), (video, script) in zip(results, test_videos, strict=True):
+        # the same video and script, one at a time, straight through the model
+        sample = handler.sample_maker(video, script)
+        with torch.inference_mode():
+            single = {k: (v[None] if torch.is_tensor(v) else v) for k, v in sample.items()}
+            expected = torch.sigmoid(handler.model(single)["scores"])[0]
+        assert set(body) == {"labels", "scores", "threshold"}
+        assert len(body["scores"]) == len(handler.classes)
+        for index, name in enumerate(handler.classes):
+            assert body["scores"][name] == pytest.approx(float(expected[index]), abs=1e-5)
+        assert body["labels"] == [n for n, p in body["scores"].items() if p >= body["threshold"]]
+
+
+def test_labels_and_info_fields(served, test_videos):
+    handler, context = served
+    video, script = test_videos[0]
+    known, unknown = handler.classes[0], "Juggling flaming torches"
+    info = json.dumps({"script": script, "action_labels": [known, unknown]}).encode()
+    results = handle(handler, context, [
+        form(video, script, labels=bytearray(json.dumps([known]).encode())),
+        {"data": bytearray(video), "info": bytearray(info)},
+        form(video, script, labels=known),  # a single plain label as text
+    ])
+    assert all(status == 200 for status, _ in results)
+    first, second, third = (body for _, body in results)
+    assert first["expected_labels"] == [known]
+    assert first["found"] + first["missed"] == [known]
+    assert second["unknown_labels"] == [unknown]
+    assert third["expected_labels"] == [known]
+    assert second["scores"] == pytest.approx(first["scores"], abs=1e-5)
+
+
+BAD_REQUESTS = [
+    ({"script": bytearray(b"a script")}, "no video"),
+    ({"data": bytearray(), "script": bytearray(b"x")}, "empty"),
+    ({"data": bytearray(bytes(range(256)) * 20), "script": bytearray(b"x")}, "not a readable video"),
+    ({"data": bytearray(b"plain text file" * 100), "script": bytearray(b"x")}, "not a readable video"),
+    ({"data": bytearray(b"x" * 2_000_001), "script": bytearray(b"x")}, "over the limit"),
+    ({"script": bytearray("caf\u00e9".encode("latin-1"))}, "not UTF-8"),
+    ({"script": bytearray(b"x"), "labels": bytearray(b'{"a": 1}')}, "JSON list"),
+    ({"info": bytearray(b"{not json")}, "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("bad, message", BAD_REQUESTS)
+def test_bad_requests_get_400_alone(served, test_videos, bad, message):
+    handler, context = served
+    video, script = test_videos[0]
+    if "data" not in bad and message != "no video":
+        bad = {**bad, "data": bytearray(video)}  # a good video, the fault is elsewhere
+    results = handle(handler, context, [form(video, script), bad, form(video, script)])
+    (good_status, good), (status, body), (other_status, other) = results
+    assert (good_status, status, other_status) == (200, 400, 200)
+    assert body["code"] == 400 and message in body["error"]
+    assert good == other
+
+
+def test_missing_script_is_400(served, test_videos):
+    handler, context = served
+    (status, body), = handle(handler, context, [{"data": bytearray(test_videos[0][0])}])
+    assert status == 400 and "no script" in body["error"]
+
+
+def test_video_edge_cases_are_answered(served, tmp_path):
+    handler, context = served
+    no_audio = encode_video(tmp_path / "silent.mp4", frames=20, audio_codec=None).read_bytes()
+    one_frame = encode_video(tmp_path / "one.mp4", frames=1).read_bytes()
+    audio_only = encode_video(tmp_path / "audio.mp4", frames=0, video_codec=None).read_bytes()
+    results = handle(handler, context, [form(no_audio, "s"), form(one_frame, "s"), form(audio_only, "s")])
+    assert [status for status, _ in results] == [200, 200, 400]
+    assert "no video stream" in results[2][1]["error"]
+
+
+def test_describe(served):
+    handler, context = served
+    (status, body), = handle(handler, context, [{"body": b""}], headers=[{"describe": "True"}])
+    assert status == 200
+    assert body["labels"] == handler.classes and body["threshold"] == 0.5
+    assert body["config"]["num_hidden_layers"] == 2 and body["versions"]["torch"] == torch.__version__
+
+
+def test_top_k_and_threshold_settings(trained, labels_csv, tmp_path, test_videos):
+    store = tmp_path / "store"
+    mar = archive_model(trained, labels_csv, store, ROOT / "model-config.yaml")
+    handler, context = load_handler(extract(mar, tmp_path / "x"), {"handler": {"top_k": 3, "threshold": 0.0}})
+    (status, body), = handle(handler, context, [form(*test_videos[0])])
+    assert status == 200 and len(body["scores"]) == 3
+    assert body["threshold"] == 0.0 and len(body["labels"]) == len(handler.classes)
+
+
+def test_cpu_when_no_gpu_is_assigned():
+    from handler import select_device
+
+    assert select_device(None) == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert select_device(0) == torch.device("cpu")

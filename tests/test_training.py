@@ -1,0 +1,114 @@
+"""``mmf_run``: argument checking, a short training run and what it writes,
+resuming, reloading the final weights, and a 2-process torchrun run."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from minimmf.cli.run import run
+from minimmf.utils.checkpoint import load_checkpoint_file
+from minimmf.utils.configuration import build_config
+from tests.conftest import ROOT, TINY_CONFIG, build_model_from, run_args
+
+EXPECTED_FILES = ["config.yaml", "current.ckpt", "best.ckpt", "models/model_2.ckpt", "models/model_4.ckpt",
+                  "mmf_transformer_final.pth", "train.log", "metrics.csv", "curves.png", "vocab.txt"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("training.batch_sise=4", "training.batch_sise"),
+    ("training.batch_size=abc", "training.batch_size='abc'"),
+    ("training.max_updates=0", "training.max_updates=0"),
+    ("optimizer.params.lr=-1", "optimizer.params.lr=-1"),
+    ("run_type=train_bogus", "run_type='train_bogus'"),
+    ("dataset=nope", "dataset='nope'"),
+])
+def test_bad_arguments_fail_naming_the_key(tmp_path, capsys, bad, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run([f"config={TINY_CONFIG}", "model=mmf_transformer", "dataset=charades",
+             f"env.save_dir={tmp_path}", bad])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_config_is_required(capsys):
+    with pytest.raises(SystemExit):
+        run(["model=mmf_transformer", "dataset=charades"])
+    assert "config=<experiment yaml> is required" in capsys.readouterr().err
+
+
+def test_training_writes_every_file(trained):
+    """The ``trained`` fixture (conftest) ran mmf_run for 4 updates."""
+    for name in EXPECTED_FILES:
+        assert (trained / name).is_file(), name
+    current = load_checkpoint_file(trained / "current.ckpt")
+    assert current["num_updates"] == 4
+    assert {"model", "optimizer", "lr_scheduler", "best_metric_value", "config"} <= set(current)
+    metrics = pd.read_csv(trained / "metrics.csv")
+    assert {"train/loss", "train/lr", "val/charades/multilabel_micro_f1", "val/charades/map"} <= set(metrics["name"])
+    assert "progress: 4/4" in (trained / "train.log").read_text()
+    saved = build_config(trained / "config.yaml")
+    assert saved.training.max_updates == 4 and saved.model_config.mmf_transformer.num_hidden_layers == 2
+
+
+def test_resume_continues_the_update_count(trained, synthetic_data_dir, tmp_path):
+    import shutil
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(trained, resumed)
+    run(run_args(synthetic_data_dir, resumed, "checkpoint.resume=True", "training.max_updates=6",
+                 "scheduler.params.num_training_steps=6"))
+    assert load_checkpoint_file(resumed / "current.ckpt")["num_updates"] == 6
+    assert (resumed / "models" / "model_6.ckpt").is_file()
+    assert "resumed from" in (resumed / "train.log").read_text()
+
+
+def test_final_weights_reproduce_the_evaluation(trained, synthetic_data_dir, tmp_path):
+    metrics = pd.read_csv(trained / "metrics.csv")
+    final_val = metrics[metrics["name"] == "val/charades/loss"]["value"].iloc[-1]
+    # the .pth is a plain MMF-style state dict that a fresh model loads strictly
+    fresh = build_model_from(TINY_CONFIG)
+    fresh.load_state_dict(load_checkpoint_file(trained / "mmf_transformer_final.pth"))
+    out = tmp_path / "eval"
+    run([f"config={trained / 'config.yaml'}", "run_type=val", f"env.save_dir={out}",
+         f"env.data_dir={synthetic_data_dir}",
+         f"checkpoint.resume_file={trained / 'mmf_transformer_final.pth'}", "evaluation.predict=true"])
+    evaluated = pd.read_csv(out / "metrics.csv")
+    assert evaluated[evaluated["name"] == "val/charades/loss"]["value"].iloc[-1] == pytest.approx(final_val, rel=1e-4)
+    predictions = json.loads((out / "charades_val_predictions.json").read_text())
+    assert len(predictions) == 4 and all(set(p) == {"id", "labels"} for p in predictions)
+
+
+def test_prediction_labels_follow_the_threshold(trained, synthetic_data_dir):
+    from minimmf.datasets.builders.charades.builder import CharadesBuilder
+
+    config = build_config(trained / "config.yaml", [f"env.data_dir={synthetic_data_dir}"])
+    dataset = CharadesBuilder().load(config.dataset_config.charades, "val")
+    scores = torch.tensor([[3.0, -3.0] + [-9.0] * 6])
+    assert dataset.format_for_prediction(["x"], scores) == [{"id": "x", "labels": [dataset.classes[0]]}]
+
+
+@pytest.mark.slow
+def test_two_process_torchrun(synthetic_data_dir, tmp_path):
+    save_dir = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+         "-m", "minimmf.cli.run", *run_args(synthetic_data_dir, save_dir)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in EXPECTED_FILES:
+        assert (save_dir / name).is_file(), name
+    log = (save_dir / "train.log").read_text()
+    assert "world size 2" in log and log.count("progress: 4/4") == 1  # only rank 0 writes
+    assert load_checkpoint_file(save_dir / "current.ckpt")["num_updates"] == 4
