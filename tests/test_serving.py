@@ -41,6 +41,7 @@ class TorchServe:
         properties = (ROOT / "config.properties").read_text()
         for name, default in (("inference", 8080), ("management", 8081), ("metrics", 8082)):
             properties = properties.replace(f"127.0.0.1:{default}", f"127.0.0.1:{self.ports[name]}")
+        properties = properties.replace("metrics_config=metrics.yaml", f"metrics_config={ROOT / 'metrics.yaml'}")
         (workdir / "config.properties").write_text(properties)
         (workdir / "tmp").mkdir()
         self.env = {**os.environ, "TMPDIR": str(workdir / "tmp"), "PATH": f"{BIN}:{os.environ['PATH']}"}
@@ -197,3 +198,6 @@ def test_describe_and_request_client(server, videos, tmp_path):
                               "--url", serve.url("inference"), "--token", "wrong",
                               "--output", str(tmp_path / "r2.txt")], capture_output=True, text=True)
     assert refused.returncode == 1 and "Token Authorization failed" in refused.stderr
+    # the handler's own metrics reach TorchServe's metrics log
+    metrics_log = (serve.workdir / "logs" / "model_metrics.log").read_text()
+    assert all(name in metrics_log for name in ("DecodeTime", "PreprocessTime", "ModelTime"))

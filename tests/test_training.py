@@ -112,3 +112,20 @@ def test_two_process_torchrun(synthetic_data_dir, tmp_path):
     log = (save_dir / "train.log").read_text()
     assert "world size 2" in log and log.count("progress: 4/4") == 1  # only rank 0 writes
     assert load_checkpoint_file(save_dir / "current.ckpt")["num_updates"] == 4
+
+
+def test_early_stop_fp16_and_gradient_clipping(synthetic_data_dir, tmp_path):
+    save_dir = tmp_path / "early"
+    run(run_args(synthetic_data_dir, save_dir, "training.max_updates=30", "scheduler.params.num_training_steps=30",
+                 "training.evaluation_interval=1", "training.checkpoint_interval=100",
+                 "training.early_stop.enabled=True",
+                 "training.early_stop.patience=1", "training.early_stop.criteria=charades/loss",
+                 "training.early_stop.minimize=True", "optimizer.params.lr=1e-9", "training.fp16=True",
+                 "training.clip_gradients=True", "training.max_grad_l2_norm=0.5"))
+    log = (save_dir / "train.log").read_text()
+    assert "early stop: no improvement of charades/loss" in log
+    if not torch.cuda.is_available():
+        assert "training.fp16 needs a CUDA device" in log
+    updates = load_checkpoint_file(save_dir / "current.ckpt")["num_updates"]
+    assert 2 <= updates < 30
+    assert (save_dir / "mmf_transformer_final.pth").is_file()

@@ -97,8 +97,12 @@ class MMFTrainer:
         self.optimizer = build_optimizer(self.model, self.config)
         self.scheduler = build_scheduler(self.optimizer, self.config)
         use_fp16 = bool(self.training_config.fp16)
-        self.autocast_dtype = (torch.float16 if self.device.type == "cuda" else torch.bfloat16) if use_fp16 else None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_fp16 and self.device.type == "cuda")
+        if use_fp16 and self.device.type != "cuda":
+            # as in MMF, mixed precision is a CUDA feature (CPU bfloat16 conv3d backward gives non-finite gradients)
+            logger.warning("training.fp16 needs a CUDA device; training in float32 on %s", self.device)
+            use_fp16 = False
+        self.autocast_dtype = torch.float16 if use_fp16 else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
         self.checkpoint = Checkpoint(self)
         self.checkpoint.load_state_dict()
         if distributed.is_dist_initialized():

@@ -1,0 +1,61 @@
+"""The Charades metrics on hand-checked cases."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from minimmf.common.registry import registry
+from minimmf.modules.metrics import average_precision, build_metrics
+from minimmf.utils.env import setup_imports
+
+setup_imports()
+BIG = 10.0  # a logit whose sigmoid is ~1
+
+
+def logits(probabilities: list[list[float]]) -> torch.Tensor:
+    p = torch.tensor(probabilities).clamp(1e-6, 1 - 1e-6)
+    return torch.log(p / (1 - p))
+
+
+def test_micro_f1():
+    targets = torch.tensor([[1, 0, 1], [0, 1, 0]], dtype=torch.float)
+    scores = torch.tensor([[BIG, BIG, -BIG], [-BIG, BIG, -BIG]])  # TP=2, FP=1, FN=1
+    assert registry.get_metric_class("multilabel_micro_f1")(scores, targets) == pytest.approx(4 / 6)
+    assert registry.get_metric_class("multilabel_micro_f1")(torch.full((2, 3), -BIG), torch.zeros(2, 3)) == 0.0
+
+
+def test_macro_f1_counts_empty_classes_as_zero():
+    targets = torch.tensor([[1, 0, 0], [1, 1, 0]], dtype=torch.float)
+    scores = torch.tensor([[BIG, -BIG, -BIG], [BIG, -BIG, -BIG]])  # class0 F1=1, class1 F1=0, class2 empty=0
+    assert registry.get_metric_class("multilabel_macro_f1")(scores, targets) == pytest.approx(1 / 3)
+
+
+def test_threshold_is_half():
+    targets = torch.tensor([[1.0]])
+    assert registry.get_metric_class("multilabel_micro_f1")(logits([[0.51]]), targets) == 1.0
+    assert registry.get_metric_class("multilabel_micro_f1")(logits([[0.49]]), targets) == 0.0
+
+
+def test_average_precision_by_hand():
+    # ranked: pos, neg, pos, neg -> precisions at positives 1/1 and 2/3
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.1])
+    assert average_precision(scores, torch.tensor([1.0, 0, 1, 0])) == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_map_averages_classes_with_positives_only():
+    scores = logits([[0.9, 0.2, 0.5], [0.1, 0.8, 0.4], [0.6, 0.3, 0.3]])
+    targets = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 1, 0]], dtype=torch.float)
+    # class 0: AP 1; class 1: ranks 0.8(pos), 0.3(pos), 0.2(neg) -> 1; class 2 has no positive
+    assert registry.get_metric_class("map")(scores, targets) == pytest.approx(1.0)
+    targets[2] = torch.tensor([1.0, 0, 0])  # class 0: 0.9 pos, 0.6 pos -> AP 1; class 1: 0.8 pos -> 1
+    assert registry.get_metric_class("map")(scores, targets) == pytest.approx(1.0)
+    # class 0: only 0.6 is positive (rank 2) -> 1/2; class 1: 0.8 (rank 1), 0.2 (rank 3) -> (1 + 2/3)/2
+    targets[0] = torch.tensor([0.0, 1, 0])
+    expected = (0.5 + (1 + 2 / 3) / 2) / 2
+    assert registry.get_metric_class("map")(scores, targets) == pytest.approx(expected)
+
+
+def test_unknown_metric_is_an_error():
+    with pytest.raises(ValueError, match="unknown metric 'accuracy'"):
+        build_metrics(["accuracy"])
