@@ -27,6 +27,10 @@ test-fast: install
 demo: install
 	BIN=$(BIN) scripts/demo.sh
 
+# Benchmarks: figures printed and saved under bench/results/.
+bench: install
+	$(BIN)/python bench/preprocess.py
+
 lint: install
 	$(BIN)/ruff check .
 

@@ -131,7 +131,7 @@ def parse_request(request: dict[str, Any], max_video_bytes: int, max_script_char
         raise MMFHandler.BadRequest("the video is empty (0 bytes)")
     if len(video) > max_video_bytes:
         raise MMFHandler.BadRequest(f"the video is {len(video):,} bytes, over the limit of {max_video_bytes:,} "
-                         "(handler.max_video_bytes in model-config.yaml)")
+                                    "(handler.max_video_bytes in model-config.yaml)")
     script = request.get("script", info.get("script"))
     if script is None:
         raise MMFHandler.BadRequest("no script: send the video's script in the form field 'script' (or an 'info' JSON)")

@@ -57,5 +57,5 @@ def test_map_averages_classes_with_positives_only():
 
 
 def test_unknown_metric_is_an_error():
-    with pytest.raises(ValueError, match="unknown metric 'accuracy'"):
+    with pytest.raises(ValueError, match="no metric named 'accuracy'"):
         build_metrics(["accuracy"])

@@ -7,6 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 
+class UnknownComponentError(ValueError):
+    """A config names a component that is not registered."""
+
+
 class Registry:
     # one table per kind of component; the public methods below are generated
     # from these names (register_model / get_model_class, ...)
@@ -42,6 +46,14 @@ class Registry:
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.mapping[kind])
+
+    def require(self, kind: str, name: str) -> Any:
+        """The registered ``kind`` named ``name``; an error listing the known ones if absent."""
+        found = self._get(kind, name)
+        if found is None:
+            known = ", ".join(self.names(kind)) or "none"
+            raise UnknownComponentError(f"no {kind.replace('_', ' ')} named {name!r} (known: {known})")
+        return found
 
     # free-form state (the running config, ...), as MMF's registry.register/get
     def register(self, name: str, obj: Any) -> None:

@@ -43,9 +43,7 @@ class MMFLoss(nn.Module):
             name, loss_params = params["type"], params.get("params", None) or {}
         else:
             raise ValueError(f"a loss must be a name or have a 'type' field, got {params!r}")
-        loss_class = registry.get_loss_class(name)
-        if loss_class is None:
-            raise ValueError(f"no loss named {name!r}; known: {registry.names('loss')}")
+        loss_class = registry.require("loss", name)
         self.name = name
         self.loss_criterion = loss_class(**loss_params)
 

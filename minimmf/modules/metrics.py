@@ -67,10 +67,4 @@ def mean_average_precision(scores: Tensor, targets: Tensor) -> float:
 
 
 def build_metrics(names: Sequence[str]) -> dict[str, Metric]:
-    metrics = {}
-    for name in names:
-        metric = registry.get_metric_class(name)
-        if metric is None:
-            raise ValueError(f"unknown metric {name!r}; known: {registry.names('metric')}")
-        metrics[name] = metric
-    return metrics
+    return {name: registry.require("metric", name) for name in names}

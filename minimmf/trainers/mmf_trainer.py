@@ -114,7 +114,7 @@ class MMFTrainer:
 
     def load_datasets(self) -> None:
         self.dataset_name = self.config.datasets.split(",")[0]
-        builder = registry.get_builder_class(self.dataset_name)()
+        builder = registry.require("builder", self.dataset_name)()
         dataset_config = self.config.dataset_config[self.dataset_name]
         splits = set(self.run_types)
         if "train" in splits:

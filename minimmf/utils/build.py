@@ -17,9 +17,7 @@ def build_model(config: DictConfig) -> nn.Module:
 
     setup_imports()
     model_name = config.model
-    model_class = registry.get_model_class(model_name)
-    if model_class is None:
-        raise ValueError(f"no model named {model_name!r}; known: {registry.names('model')}")
+    model_class = registry.require("model", model_name)
     model = model_class(config.model_config[model_name])
     model.build()
     model.init_losses()
@@ -33,9 +31,7 @@ def build_encoder(config: Any) -> nn.Module:
     setup_imports()
     config = OmegaConf.create(config) if not isinstance(config, DictConfig) else config
     encoder_type = config.get("type")
-    encoder_class = registry.get_encoder_class(encoder_type)
-    if encoder_class is None:
-        raise ValueError(f"no encoder named {encoder_type!r}; known: {registry.names('encoder')}")
+    encoder_class = registry.require("encoder", encoder_type)
     params = config.get("params", None) or OmegaConf.create({})
     return encoder_class(params)
 
@@ -55,11 +51,7 @@ def build_processors(processors_config: DictConfig, **extra: Any) -> dict[str, A
 def build_optimizer(model: nn.Module, config: DictConfig) -> Any:
     """``config.optimizer`` ({type, params}) over the model's parameter groups."""
     optimizer_config = config.optimizer
-    optimizer_class = registry.get_optimizer_class(optimizer_config.type)
-    if optimizer_class is None:
-        raise ValueError(
-            f"optimizer.type={optimizer_config.type!r} is unknown; known: {registry.names('optimizer')}"
-        )
+    optimizer_class = registry.require("optimizer", optimizer_config.type)
     params = dict(optimizer_config.get("params", None) or {})
     groups = model.get_optimizer_parameters(config) if hasattr(model, "get_optimizer_parameters") \
         else [{"params": [p for p in model.parameters() if p.requires_grad]}]
@@ -72,9 +64,5 @@ def build_scheduler(optimizer: Any, config: DictConfig) -> Any:
         return None
     scheduler_config = config.get("scheduler", None) or {}
     scheduler_type = scheduler_config.get("type")
-    scheduler_fn = registry.get_scheduler_class(scheduler_type)
-    if scheduler_fn is None:
-        raise ValueError(
-            f"scheduler.type={scheduler_type!r} is unknown; known: {registry.names('scheduler')}"
-        )
+    scheduler_fn = registry.require("scheduler", scheduler_type)
     return scheduler_fn(optimizer, **dict(scheduler_config.get("params", None) or {}))

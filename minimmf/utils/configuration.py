@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from minimmf.common.registry import registry
+from minimmf.common.registry import UnknownComponentError, registry
 from minimmf.utils.general import get_minimmf_root
 
 
@@ -103,8 +103,8 @@ def build_config(
     )
     config = OmegaConf.merge(
         load_yaml(get_minimmf_root() / "configs" / "defaults.yaml"),
-        _model_defaults(model),
-        *[_dataset_defaults(name) for name in _dataset_names(datasets)],
+        _default_config("model", "model", model),
+        *[_default_config("builder", "dataset", name) for name in _dataset_names(datasets)],
         user_config,
     )
     config.model = model
@@ -127,22 +127,12 @@ def _dataset_names(datasets: Any) -> list[str]:
     return [name.strip() for name in str(datasets).split(",") if name.strip()]
 
 
-def _model_defaults(model: str) -> DictConfig:
-    model_class = registry.get_model_class(model)
-    if model_class is None:
-        raise ConfigError(
-            f"model={model!r} is not registered; known models: {registry.names('model')}"
-        )
-    return load_yaml(model_class.config_path())
-
-
-def _dataset_defaults(dataset: str) -> DictConfig:
-    builder_class = registry.get_builder_class(dataset)
-    if builder_class is None:
-        raise ConfigError(
-            f"dataset={dataset!r} is not registered; known datasets: {registry.names('builder')}"
-        )
-    return load_yaml(builder_class.config_path())
+def _default_config(kind: str, option: str, name: str) -> DictConfig:
+    """The default config of the model or dataset named on the command line."""
+    try:
+        return load_yaml(registry.require(kind, name).config_path())
+    except UnknownComponentError as error:
+        raise ConfigError(f"{option}={name!r}: {error}") from None
 
 
 def _split_overrides(overrides: Sequence[str]) -> list[tuple[str, str]]:

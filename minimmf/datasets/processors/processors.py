@@ -31,9 +31,7 @@ class Processor:
     def __init__(self, config: DictConfig, *args: Any, **kwargs: Any):
         if "type" not in config:
             raise AttributeError("a processor config needs a 'type' naming the processor")
-        processor_class = registry.get_processor_class(config.type)
-        if processor_class is None:
-            raise ValueError(f"no processor named {config.type!r}; known: {registry.names('processor')}")
+        processor_class = registry.require("processor", config.type)
         params = config.get("params", None)
         if params is None:
             params = OmegaConf.create({})

@@ -23,12 +23,7 @@ class BaseTransformer(BaseModel):
     def build_backend(self) -> None:
         backend_config = self.config.get("backend", None) or {}
         backend_type = backend_config.get("type", "huggingface")
-        backend_class = registry.get_transformer_backend_class(backend_type)
-        if backend_class is None:
-            raise ValueError(
-                f"no transformer backend named {backend_type!r}; "
-                f"known: {registry.names('transformer_backend')}"
-            )
+        backend_class = registry.require("transformer_backend", backend_type)
         self.backend = backend_class(self.config)
         if backend_config.get("freeze", False):
             self.backend.requires_grad_(False)
@@ -40,12 +35,7 @@ class BaseTransformer(BaseModel):
         self.heads = nn.ModuleList()
         for head_config in self.config.get("heads", []):
             head_type = head_config.get("type", "mlp")
-            head_class = registry.get_transformer_head_class(head_type)
-            if head_class is None:
-                raise ValueError(
-                    f"no transformer head named {head_type!r}; "
-                    f"known: {registry.names('transformer_head')}"
-                )
+            head_class = registry.require("transformer_head", head_type)
             head = head_class(head_config)
             if head_config.get("freeze", False):
                 head.requires_grad_(False)
