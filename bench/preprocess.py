@@ -148,7 +148,7 @@ def measure(method: str, video: Path, repeats: int) -> dict:
 
 
 def _cell(value: float | None, decimals: int) -> str:
-    return f"{value:12.{decimals}f}" if value is not None else f"{'-':>12}"
+    return f"{value:13.{decimals}f}" if value is not None else f"{'-':>13}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             videos[name] = (SHARED / name, 0)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     print(f"preprocessing one request (median of {args.repeats}; peak = memory added by the run)\nmachine: {machine}\n")
-    columns = "".join(f"{m + ' s':>12}{m + ' MB':>12}" for m in METHODS)
+    columns = "".join(f"{m + ' s':>13}{m + ' MB':>13}" for m in METHODS)
     print(f"{'video':<28}{columns}{'vs floor':>10}{'vs ref':>9}")
     rows = []
     for name, (path, seconds) in videos.items():
