@@ -11,7 +11,10 @@ Each request is a multipart form, as in the pytorch/serve MMF example:
 and the answer is JSON: the labels whose probability reaches the threshold,
 the per-class probabilities, and, when labels were sent, which were found.
 A bad request gets HTTP 400 with {"code": 400, "error": "..."} for that
-request alone; the others of its batch are answered normally.
+request alone; the others of its batch are answered normally. A KServe v2
+inference request (a JSON body with "inputs" named data, script, labels or
+info; the video base64-encoded as BYTES) gets a v2 response whose output
+"predictions" holds the same JSON answer.
 
 Everything the handler reads comes from the extracted archive (``model_dir``):
 the serialized weights, ``config.yaml`` (the complete config mmf_run saved),
@@ -22,6 +25,8 @@ the ``handler:`` section of model-config.yaml: ``threshold``, ``top_k``
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import time
@@ -117,8 +122,37 @@ def _info(value: Any) -> dict[str, Any]:
     return value
 
 
+def kserve_v2_fields(request: dict[str, Any]) -> dict[str, Any] | None:
+    """The fields of a KServe v2 inference request ({"inputs": [{"name", "datatype",
+    "data"}, ...]}, the video as base64 BYTES), or None for any other request."""
+    body = request.get("body", request.get("data"))
+    if isinstance(body, (bytes, bytearray)) and body[:1] == b"{":
+        try:
+            body = json.loads(bytes(body).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
+        return None
+    fields: dict[str, Any] = {"v2_id": body.get("id") or ""}
+    for item in body["inputs"]:
+        if not isinstance(item, dict) or "name" not in item:
+            raise MMFHandler.BadRequest("each KServe v2 input needs a 'name', a 'datatype' and 'data'")
+        values = item.get("data")
+        value = values[0] if isinstance(values, list) and values else values
+        if item["name"] in ("data", "video") and isinstance(value, str):
+            try:
+                value = base64.b64decode(value, validate=True)
+            except binascii.Error:
+                raise MMFHandler.BadRequest("KServe v2 input 'data' must be the base64 of the video file") from None
+        fields[item["name"]] = value
+    return fields
+
+
 def parse_request(request: dict[str, Any], max_video_bytes: int, max_script_chars: int) -> MMFHandler.ParsedRequest:
-    """The video, script and optional labels of one request (multipart fields)."""
+    """The video, script and optional labels of one request: multipart fields,
+    or the inputs of a KServe v2 request."""
+    v2_fields = kserve_v2_fields(request)
+    request = v2_fields if v2_fields is not None else request
     info = _info(request["info"]) if request.get("info") is not None else {}
     video = request.get("data", request.get("video"))
     if video is None:
@@ -140,7 +174,8 @@ def parse_request(request: dict[str, Any], max_video_bytes: int, max_script_char
         raise MMFHandler.BadRequest(
             f"the script has {len(script):,} characters, over the limit of {max_script_chars:,}")
     labels = request.get("labels", info.get("action_labels", info.get("labels")))
-    return MMFHandler.ParsedRequest(bytes(video), script, _labels(labels) if labels is not None else None)
+    return MMFHandler.ParsedRequest(bytes(video), script, _labels(labels) if labels is not None else None,
+                                    request.get("v2_id"))
 
 
 class MMFHandler(BaseHandler):
@@ -156,6 +191,7 @@ class MMFHandler(BaseHandler):
         video: bytes
         script: str
         expected_labels: list[str] | None
+        v2_id: str | None = None  # set for KServe v2 requests: answered in the v2 format
 
     @dataclass
     class PreparedBatch:
@@ -166,6 +202,7 @@ class MMFHandler(BaseHandler):
         rows: list[int] = field(default_factory=list)  # request index of each sample
         expected: dict[int, list[str] | None] = field(default_factory=dict)
         errors: dict[int, tuple[int, str]] = field(default_factory=dict)  # index -> (status, message)
+        v2_ids: dict[int, str] = field(default_factory=dict)  # KServe v2 requests and their ids
 
     def initialize(self, context: Any) -> None:
         started = time.perf_counter()
@@ -224,6 +261,8 @@ class MMFHandler(BaseHandler):
                 continue
             batch.rows.append(index)
             batch.expected[index] = parsed.expected_labels
+            if parsed.v2_id is not None:
+                batch.v2_ids[index] = parsed.v2_id
         if samples:
             batch.samples = SampleList(samples)
             batch.samples.dataset_name, batch.samples.dataset_type = "charades", "test"
@@ -252,9 +291,21 @@ class MMFHandler(BaseHandler):
                 status, message = batch.errors[index]
                 self.context.set_response_status(code=status, phrase=message[:200], idx=index)
                 responses.append({"code": status, "error": message})
+            elif index in batch.v2_ids:
+                answer = self.answer(probabilities[row_of[index]], batch.expected[index])
+                responses.append(self.v2_response(answer, batch.v2_ids[index] or self.context.get_request_id(index)))
             else:
                 responses.append(self.answer(probabilities[row_of[index]], batch.expected[index]))
         return responses
+
+    def v2_response(self, answer: dict[str, Any], request_id: str | None) -> dict[str, Any]:
+        """A KServe v2 inference response whose one output is the JSON answer."""
+        return {
+            "id": request_id,
+            "model_name": self.manifest["model"].get("modelName", "MMF_model"),
+            "model_version": self.manifest["model"].get("modelVersion"),
+            "outputs": [{"name": "predictions", "datatype": "BYTES", "shape": [1], "data": [json.dumps(answer)]}],
+        }
 
     def answer(self, probabilities: torch.Tensor, expected: list[str] | None) -> dict[str, Any]:
         """One request's JSON answer."""

@@ -3,6 +3,7 @@ answers, per-request errors inside a batch, describe, and device choice."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -136,3 +137,29 @@ def test_cpu_when_no_gpu_is_assigned():
     assert select_device(None) == torch.device("cpu")
     if not torch.cuda.is_available():
         assert select_device(0) == torch.device("cpu")
+
+
+def kserve_v2_request(video: bytes, script: str, request_id: str = "req-1") -> dict:
+    return {"id": request_id, "inputs": [
+        {"name": "data", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(video).decode()]},
+        {"name": "script", "shape": [1], "datatype": "BYTES", "data": [script]},
+    ]}
+
+
+def test_kserve_v2_envelope(served, test_videos):
+    handler, context = served
+    video, script = test_videos[0]
+    as_json = {"body": kserve_v2_request(video, script)}  # TorchServe decodes a JSON body
+    as_bytes = {"body": bytearray(json.dumps(kserve_v2_request(video, script, "req-2")).encode())}
+    broken = {"body": {"inputs": [{"name": "data", "datatype": "BYTES", "data": ["not base64!"]},
+                                  {"name": "script", "datatype": "BYTES", "data": [script]}]}}
+    results = handle(handler, context, [as_json, form(video, script), as_bytes, broken])
+    assert [status for status, _ in results] == [200, 200, 200, 400]
+    (_, first), (_, plain), (_, second), (_, error) = results
+    assert first["id"] == "req-1" and second["id"] == "req-2" and first["model_name"] == "MMF_model"
+    output = first["outputs"][0]
+    assert output["name"] == "predictions" and output["datatype"] == "BYTES"
+    answer = json.loads(output["data"][0])
+    assert answer["labels"] == plain["labels"]
+    assert answer["scores"] == pytest.approx(plain["scores"], abs=1e-5)
+    assert "base64" in error["error"]

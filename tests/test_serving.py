@@ -201,3 +201,20 @@ def test_describe_and_request_client(server, videos, tmp_path):
     # the handler's own metrics reach TorchServe's metrics log
     metrics_log = (serve.workdir / "logs" / "model_metrics.log").read_text()
     assert all(name in metrics_log for name in ("DecodeTime", "PreprocessTime", "ModelTime"))
+
+
+def test_kserve_v2_inference_endpoint(server, videos):
+    import base64
+
+    serve, _, _ = server
+    path, script = videos[0]
+    body = {"id": "v2-test", "inputs": [
+        {"name": "data", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(path.read_bytes()).decode()]},
+        {"name": "script", "shape": [1], "datatype": "BYTES", "data": [script]}]}
+    response = requests.post(serve.url("inference") + "/v2/models/MMF_model/infer", json=body, timeout=300,
+                             headers={"Authorization": f"Bearer {serve.key('inference')}"})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["id"] == "v2-test" and answer["outputs"][0]["name"] == "predictions"
+    direct = predict(serve, good_files(path, script)).json()
+    assert json.loads(answer["outputs"][0]["data"][0])["labels"] == direct["labels"]
