@@ -30,6 +30,7 @@ demo: install
 # Benchmarks: figures printed and saved under bench/results/.
 bench: install
 	$(BIN)/python bench/preprocess.py
+	$(BIN)/python bench/model_forward.py
 
 lint: install
 	$(BIN)/ruff check .
