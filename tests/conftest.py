@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -112,18 +111,3 @@ def labels_csv(synthetic_data_dir, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("labels") / "charades_action_labels.csv"
     assert generate_labels(["--data-dir", str(synthetic_data_dir), "--out", str(path)]) == 0
     return path
-
-
-def archive_model(save_dir: Path, labels: Path, store: Path, model_config: Path) -> Path:
-    """Build MMF_model.mar with torch-model-archiver, as scripts/archive.sh does."""
-    import subprocess
-
-    archiver = Path(sys.executable).parent / "torch-model-archiver"
-    store.mkdir(parents=True, exist_ok=True)
-    subprocess.run([str(archiver), "--model-name", "MMF_model", "--version", "1.0",
-                    "--serialized-file", str(save_dir / "mmf_transformer_final.pth"),
-                    "--handler", str(ROOT / "handler.py"),
-                    "--extra-files", f"{labels},{save_dir / 'config.yaml'},{save_dir / 'vocab.txt'}",
-                    "--config-file", str(model_config), "--export-path", str(store), "--force"],
-                   check=True, capture_output=True)
-    return store / "MMF_model.mar"
