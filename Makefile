@@ -27,10 +27,18 @@ test-fast: install
 demo: install
 	BIN=$(BIN) scripts/demo.sh
 
-# Benchmarks: figures printed and saved under bench/results/.
-bench: install
+# Benchmarks: figures printed and saved under bench/results/. The serving
+# benchmarks use the demo model and data (trained here first if missing).
+bench: install save/mmf_transformer_final.pth
 	$(BIN)/python bench/preprocess.py
 	$(BIN)/python bench/model_forward.py
+	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/soak.py
+
+save/mmf_transformer_final.pth:
+	test -f data/datasets/charades/defaults/Charades/Charades_v1_train.csv || \
+		$(BIN)/python scripts/make_synthetic_charades.py --out data
+	BIN=$(BIN) scripts/train.sh
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,20 +1,26 @@
 """A private TorchServe for tests and benchmarks: its own free loopback ports,
 pid file, key file and logs in a work directory, this project's
-config.properties (token authorization on, model API on) and metrics.yaml,
-and archives built with torch-model-archiver as scripts/archive.sh does."""
+config.properties (token authorization on, model API on) and metrics.yaml;
+archives built with torch-model-archiver as scripts/archive.sh does; and the
+archived handler run in-process, the way TorchServe's Python worker runs it."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import requests
+from ts.context import Context, RequestProcessor
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+from ts.torch_handler import base_handler
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -116,3 +122,38 @@ class LocalTorchServe:
             except ProcessLookupError:
                 return
             time.sleep(0.5)
+
+
+# ------------------------------------------------------- the handler in-process
+
+METRICS_YAML = Path(base_handler.__file__).resolve().parent.parent / "configs" / "metrics.yaml"
+
+
+def extract(mar: Path, into: Path) -> Path:
+    with zipfile.ZipFile(mar) as archive:
+        archive.extractall(into)
+    return into
+
+
+def load_handler(model_dir: Path, model_yaml_config: dict | None = None) -> tuple[Any, Context]:
+    """Import handler.py from the extracted archive and initialize it."""
+    manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
+    spec = importlib.util.spec_from_file_location("mar_handler", model_dir / "handler.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as TorchServe's import would (dataclasses need it)
+    spec.loader.exec_module(module)
+    context = Context("MMF_model", str(model_dir), manifest, 4, None, "0.12.0",
+                      metrics=MetricsCacheYamlImpl(str(METRICS_YAML)), model_yaml_config=model_yaml_config or {})
+    handler = module.MMFHandler()
+    handler.initialize(context)
+    return handler, context
+
+
+def handle(handler: Any, context: Context, requests: list[dict[str, Any]],
+           headers: list[dict[str, str]] | None = None) -> list[tuple[int, Any]]:
+    """One batch through ``handler.handle``: (HTTP status, body) per request."""
+    context.request_processor = [RequestProcessor(h) for h in (headers or [{} for _ in requests])]
+    context.metrics.set_request_ids({i: f"req{i}" for i in range(len(requests))})
+    outputs = handler.handle(requests, context)
+    statuses = [context.get_response_status(i)[0] or 200 for i in range(len(requests))]
+    return list(zip(statuses, outputs, strict=True))

@@ -9,9 +9,8 @@ import json
 import pytest
 import torch
 
-from scripts.local_torchserve import archive_model
+from scripts.local_torchserve import archive_model, extract, handle, load_handler
 from tests.conftest import ROOT, synthetic_root
-from tests.handler_harness import extract, handle, load_handler
 from tests.media import encode_video
 
 

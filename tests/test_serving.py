@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from scripts.local_torchserve import LocalTorchServe, archive_model
+from scripts.local_torchserve import LocalTorchServe, archive_model, extract, handle, load_handler
 from tests.conftest import ROOT, synthetic_root
-from tests.handler_harness import extract, handle, load_handler
 from tests.media import encode_video
 
 pytestmark = [pytest.mark.slow,

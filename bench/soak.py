@@ -1,0 +1,172 @@
+#!/usr/bin/env python
+"""Load and soak against a real TorchServe (loopback only, bounded in count
+and time): ``--requests`` requests at concurrency ``--concurrency``, a mix of
+good videos and bad inputs, each expected to get its documented status; the
+worker's memory after the run against after warm-up; then the worker is
+killed mid-run and TorchServe must restart it and serve later requests.
+
+Needs the demo model and data (`make demo`). Prints the counts and writes
+bench/results/soak.json; exits 1 when an expectation fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.serving import demo_requests  # noqa: E402
+from scripts.local_torchserve import LocalTorchServe, archive_model  # noqa: E402
+from tests.media import encode_video  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+MAX_VIDEO_BYTES = 2_000_000
+
+
+def request_mix(data_dir: Path, workdir: Path) -> list[tuple[str, dict, int]]:
+    """(kind, multipart files, expected status) for every kind of input."""
+    good = demo_requests(data_dir, 6)
+    video, script = good[0]
+    silent = encode_video(workdir / "silent.mp4", frames=20, audio_codec=None).read_bytes()
+    one_frame = encode_video(workdir / "one.mp4", frames=1).read_bytes()
+    mix = [("good", {"data": ("v.mp4", v), "script": (None, s)}, 200) for v, s in good]
+    mix += [
+        ("no_audio", {"data": ("s.mp4", silent), "script": (None, script)}, 200),
+        ("one_frame", {"data": ("o.mp4", one_frame), "script": (None, script)}, 200),
+        ("corrupt", {"data": ("c.mp4", video[: len(video) // 3]), "script": (None, script)}, 400),
+        ("empty", {"data": ("e.mp4", b""), "script": (None, script)}, 400),
+        ("text", {"data": ("t.txt", b"this is not a video\n" * 200), "script": (None, script)}, 400),
+        ("huge", {"data": ("h.mp4", b"\0" * (MAX_VIDEO_BYTES + 1)), "script": (None, script)}, 400),
+    ]
+    return mix
+
+
+def worker_pid(serve: LocalTorchServe) -> int:
+    return int(serve.describe()[0]["workers"][0]["pid"])
+
+
+def worker_rss_mb(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def send_all(serve: LocalTorchServe, mix: list, count: int, concurrency: int,
+             on_request=None) -> collections.Counter:
+    def one(index: int) -> tuple[str, int, int]:
+        if on_request is not None:
+            on_request(index)
+        kind, files, expected = mix[index % len(mix)]
+        try:
+            status = serve.predict(files).status_code
+        except requests.RequestException:
+            status = -1  # timeout or connection error
+        return kind, status, expected
+
+    counts: collections.Counter = collections.Counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for kind, status, expected in pool.map(one, range(count)):
+            counts[(kind, status, "ok" if status == expected else "UNEXPECTED")] += 1
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--save-dir", type=Path, default=ROOT / "save")
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--kill-run", type=int, default=120, help="requests in the worker-kill phase")
+    args = parser.parse_args(argv)
+    if not (args.save_dir / "mmf_transformer_final.pth").is_file():
+        print("error: needs the demo model and data; run `make demo` first", file=sys.stderr)
+        return 2
+    report: dict = {}
+    failures = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        model_config = workdir / "model-config.yaml"
+        model_config.write_text((ROOT / "model-config.yaml").read_text().replace(
+            "max_video_bytes: 200000000", f"max_video_bytes: {MAX_VIDEO_BYTES}"))
+        archive_model(args.save_dir, ROOT / "charades_action_labels.csv", workdir / "store", model_config)
+        mix = request_mix(args.data_dir, workdir)
+        serve = LocalTorchServe(workdir, workdir / "store")
+        serve.start()
+        try:
+            if serve.register("MMF_model.mar", batch_size=4, max_batch_delay=50).status_code != 200:
+                raise RuntimeError("registration failed")
+            send_all(serve, mix, 48, args.concurrency)  # warm-up
+            pid = worker_pid(serve)
+            warm_rss = worker_rss_mb(pid)
+            started = time.time()
+            counts = send_all(serve, mix, args.requests, args.concurrency)
+            soak_seconds = time.time() - started
+            after_rss = worker_rss_mb(pid)
+            restarted = worker_pid(serve) != pid
+            report["soak"] = {"requests": args.requests, "concurrency": args.concurrency, "seconds": soak_seconds,
+                              "counts": {f"{k} {s} {v}": n for (k, s, v), n in sorted(counts.items())},
+                              "worker_rss_mb_after_warmup": warm_rss, "worker_rss_mb_after_run": after_rss,
+                              "worker_restarted": restarted}
+            print(f"soak: {args.requests} requests at concurrency {args.concurrency} in {soak_seconds:.0f} s")
+            for (kind, status, verdict), number in sorted(counts.items()):
+                print(f"  {kind:<10} HTTP {status:>4}  x{number:<4} {verdict}")
+            print(f"  worker memory: {warm_rss:.0f} MB after warm-up, {after_rss:.0f} MB after the run "
+                  f"({after_rss / warm_rss - 1:+.1%}); worker restarted: {restarted}")
+            if any(v == "UNEXPECTED" for _, _, v in counts):
+                failures.append("some requests got an unexpected status")
+            if any(s >= 500 or s < 0 for _, s, _ in counts):
+                failures.append("5xx or timeouts during the soak")
+            if after_rss > warm_rss * 1.10:
+                failures.append("worker memory grew by more than 10%")
+            if restarted:
+                failures.append("the worker restarted during the soak")
+
+            kill_at = args.kill_run // 4
+
+            def kill_once(index: int) -> None:
+                if index == kill_at:
+                    os.kill(pid, signal.SIGKILL)
+
+            kill_counts = send_all(serve, mix, args.kill_run, args.concurrency, on_request=kill_once)
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                try:
+                    if serve.describe()[0]["workers"][0]["status"] == "READY" and worker_pid(serve) != pid:
+                        break
+                except (requests.RequestException, KeyError, IndexError, ValueError):
+                    pass
+                time.sleep(1)
+            new_pid = worker_pid(serve)
+            after = send_all(serve, mix, 24, args.concurrency)
+            later_ok = all(v == "ok" for _, _, v in after)
+            report["worker_kill"] = {"killed_pid": pid, "new_pid": new_pid,
+                                     "counts": {f"{k} {s}": n for (k, s, _), n in sorted(kill_counts.items())},
+                                     "later_requests_as_documented": later_ok}
+            print(f"worker kill: killed pid {pid} after {kill_at} of {args.kill_run} requests; new worker pid "
+                  f"{new_pid}; statuses during the kill run: "
+                  + ", ".join(f"{s}x{n}" for s, n in collections.Counter(
+                      s for (_, s, _), n in kill_counts.items() for _ in range(n)).items())
+                  + f"; 24 later requests as documented: {later_ok}")
+            if new_pid == pid or not later_ok:
+                failures.append("TorchServe did not bring back a working worker")
+        finally:
+            serve.stop()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "soak.json").write_text(json.dumps({**report, "failures": failures}, indent=1))
+    print("\n" + ("PASSED" if not failures else "FAILED: " + "; ".join(failures)))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
