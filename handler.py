@@ -20,7 +20,7 @@ Everything the handler reads comes from the extracted archive (``model_dir``):
 the serialized weights, ``config.yaml`` (the complete config mmf_run saved),
 ``charades_action_labels.csv`` and the tokenizer's ``vocab.txt``. Settings in
 the ``handler:`` section of model-config.yaml: ``threshold``, ``top_k``
-(0 = every class), ``max_video_bytes``, ``max_script_chars``.
+(0 = every class), ``max_video_bytes``, ``max_script_chars``, ``channels_last``.
 """
 
 from __future__ import annotations
@@ -54,7 +54,19 @@ logger = logging.getLogger(__name__)
 
 # the reference example shipped the labels file with this spelling too
 LABEL_FILE_NAMES = ("charades_action_labels.csv", "charades_action_lables.csv")
-DEFAULT_SETTINGS = {"threshold": None, "top_k": 0, "max_video_bytes": 200 * 1024 * 1024, "max_script_chars": 20_000}
+DEFAULT_SETTINGS = {"threshold": None, "top_k": 0, "max_video_bytes": 200 * 1024 * 1024, "max_script_chars": 20_000,
+                    "channels_last": True}
+
+
+def use_channels_last(model: torch.nn.Module) -> None:
+    """Channels-last weights for the convolutional encoders: the same fp32 results
+    (to ~1e-6), faster oneDNN/cuDNN kernels, and batches that pay on a CPU."""
+    for encoder in model.encoders.values():
+        convolutions = [m for m in encoder.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+        if any(isinstance(m, torch.nn.Conv3d) for m in convolutions):
+            encoder.to(memory_format=torch.channels_last_3d)
+        elif convolutions:
+            encoder.to(memory_format=torch.channels_last)
 
 
 def select_device(gpu_id: Any) -> torch.device:
@@ -237,7 +249,10 @@ class MMFHandler(BaseHandler):
                              "classes; archive the labels CSV of the dataset the model was trained on")
         serialized_file = self.manifest["model"]["serializedFile"]
         model.load_state_dict(load_checkpoint_file(model_dir / serialized_file, map_location="cpu"))
-        return model.to(self.device).eval()
+        model = model.to(self.device).eval()
+        if self.settings["channels_last"]:
+            use_channels_last(model)
+        return model
 
     # ------------------------------------------------------------ the hooks
 

@@ -163,3 +163,17 @@ def test_kserve_v2_envelope(served, test_videos):
     assert answer["labels"] == plain["labels"]
     assert answer["scores"] == pytest.approx(plain["scores"], abs=1e-5)
     assert "base64" in error["error"]
+
+
+def test_channels_last_keeps_the_answers(served, trained, labels_csv, tmp_path, test_videos):
+    handler, context = served
+    assert handler.settings["channels_last"]
+    video_conv = handler.model.encoders["video"].encoder[0][0]
+    assert video_conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    mar = archive_model(trained, labels_csv, tmp_path / "store", ROOT / "model-config.yaml")
+    plain, plain_context = load_handler(extract(mar, tmp_path / "x"), {"handler": {"channels_last": False}})
+    requests = [form(v, s) for v, s in test_videos]
+    for (_, fast), (_, reference) in zip(handle(handler, context, requests), handle(plain, plain_context, requests),
+                                         strict=True):
+        assert fast["labels"] == reference["labels"]
+        assert fast["scores"] == pytest.approx(reference["scores"], abs=1e-5)
