@@ -32,6 +32,7 @@ demo: install
 bench: install save/mmf_transformer_final.pth
 	$(BIN)/python bench/preprocess.py
 	$(BIN)/python bench/model_forward.py
+	$(BIN)/python bench/precision.py
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/soak.py
 

@@ -20,16 +20,20 @@ Everything the handler reads comes from the extracted archive (``model_dir``):
 the serialized weights, ``config.yaml`` (the complete config mmf_run saved),
 ``charades_action_labels.csv`` and the tokenizer's ``vocab.txt``. Settings in
 the ``handler:`` section of model-config.yaml: ``threshold``, ``top_k``
-(0 = every class), ``max_video_bytes``, ``max_script_chars``, ``channels_last``.
+(0 = every class), ``max_video_bytes``, ``max_script_chars``, ``channels_last``,
+and the opt-in faster modes ``precision: bf16`` and ``quantize_bert: true``
+(measured by bench/precision.py).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +59,7 @@ logger = logging.getLogger(__name__)
 # the reference example shipped the labels file with this spelling too
 LABEL_FILE_NAMES = ("charades_action_labels.csv", "charades_action_lables.csv")
 DEFAULT_SETTINGS = {"threshold": None, "top_k": 0, "max_video_bytes": 200 * 1024 * 1024, "max_script_chars": 20_000,
-                    "channels_last": True}
+                    "channels_last": True, "precision": "fp32", "quantize_bert": False}
 
 
 def use_channels_last(model: torch.nn.Module) -> None:
@@ -67,6 +71,26 @@ def use_channels_last(model: torch.nn.Module) -> None:
             encoder.to(memory_format=torch.channels_last_3d)
         elif convolutions:
             encoder.to(memory_format=torch.channels_last)
+
+
+def quantize_bert(model: torch.nn.Module) -> None:
+    """Opt-in: dynamic int8 quantization of the BERT encoder's linear layers (CPU only)."""
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated in favour of torchao, which this stack does not pin
+        warnings.filterwarnings("ignore", message=".*deprecated.*")
+        from torch.ao.quantization import quantize_dynamic
+
+        model.backend.transformer = quantize_dynamic(model.backend.transformer, {torch.nn.Linear},
+                                                     dtype=torch.qint8)
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast for ``precision: bf16`` (opt-in), else nothing."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision != "fp32":
+        raise ValueError(f"handler.precision must be fp32 or bf16, not {precision!r}")
+    return contextlib.nullcontext()
 
 
 def select_device(gpu_id: Any) -> torch.device:
@@ -252,6 +276,14 @@ class MMFHandler(BaseHandler):
         model = model.to(self.device).eval()
         if self.settings["channels_last"]:
             use_channels_last(model)
+        if self.settings["quantize_bert"]:
+            if self.settings["precision"] != "fp32":
+                raise ValueError("handler.quantize_bert works with precision fp32 only (int8 kernels take fp32 input)")
+            if self.device.type == "cpu":
+                quantize_bert(model)
+            else:
+                logger.warning("handler.quantize_bert is for CPU serving; ignored on %s", self.device)
+        autocast_for(self.device, self.settings["precision"])  # reject a bad value at start
         return model
 
     # ------------------------------------------------------------ the hooks
@@ -290,7 +322,7 @@ class MMFHandler(BaseHandler):
         if batch.samples is None:
             return batch, None
         started = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast_for(self.device, self.settings["precision"]):
             scores = self.model(batch.samples.to(self.device, non_blocking=True))["scores"]
             probabilities = torch.sigmoid(scores.float()).cpu()
         self._add_time("ModelTime", (time.perf_counter() - started) * 1000)

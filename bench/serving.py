@@ -129,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
                         raise RuntimeError(f"registering {name}: {response.text}")
                     load(serve, name, requests_, 1, 2)  # warm-up
                     for concurrency in (1, 4, 8):
+                        # at least 10 requests, so that p50 at concurrency 1 is not one sample's noise
+                        total = max(10, args.per_concurrency * concurrency)
                         row = {"model": name, "batch_size": batch_size, "in_process_ms": handler_ms,
-                               **load(serve, name, requests_, concurrency, args.per_concurrency * concurrency)}
+                               **load(serve, name, requests_, concurrency, total)}
                         rows.append(row)
                         print(f"{name:<5} batch {batch_size} conc {concurrency}: p50 {row['p50_ms']:7.0f} ms  "
                               f"p95 {row['p95_ms']:7.0f}  p99 {row['p99_ms']:7.0f}  "

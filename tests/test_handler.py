@@ -177,3 +177,24 @@ def test_channels_last_keeps_the_answers(served, trained, labels_csv, tmp_path, 
                                          strict=True):
         assert fast["labels"] == reference["labels"]
         assert fast["scores"] == pytest.approx(reference["scores"], abs=1e-5)
+
+
+@pytest.mark.parametrize("settings", [{"precision": "bf16"}, {"quantize_bert": True}])
+def test_opt_in_fast_modes_stay_close_to_fp32(served, trained, labels_csv, tmp_path, test_videos, settings):
+    handler, context = served
+    mar = archive_model(trained, labels_csv, tmp_path / "store", ROOT / "model-config.yaml")
+    fast, fast_context = load_handler(extract(mar, tmp_path / "x"), {"handler": settings})
+    requests = [form(v, s) for v, s in test_videos]
+    for (status, answer), (_, reference) in zip(handle(fast, fast_context, requests),
+                                                handle(handler, context, requests), strict=True):
+        assert status == 200
+        assert answer["scores"] == pytest.approx(reference["scores"], abs=0.05)
+
+
+def test_bad_mode_settings_fail_at_start(trained, labels_csv, tmp_path):
+    mar = archive_model(trained, labels_csv, tmp_path / "store", ROOT / "model-config.yaml")
+    model_dir = extract(mar, tmp_path / "x")
+    with pytest.raises(ValueError, match="precision must be fp32 or bf16"):
+        load_handler(model_dir, {"handler": {"precision": "fp8"}})
+    with pytest.raises(ValueError, match="quantize_bert works with precision fp32 only"):
+        load_handler(model_dir, {"handler": {"precision": "bf16", "quantize_bert": True}})
