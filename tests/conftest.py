@@ -90,7 +90,7 @@ def run_args(data_dir: Path, save_dir: Path, *extra: str) -> list[str]:
     return [f"config={TINY_CONFIG}", "run_type=train_val", "dataset=charades", "model=mmf_transformer",
             f"env.data_dir={data_dir}", f"env.save_dir={save_dir}", "training.batch_size=4",
             "training.num_workers=0", "training.max_updates=4", "training.log_interval=1",
-            "training.evaluation_interval=2", "training.checkpoint_interval=2", "training.seed=1",
+            "training.evaluation_interval=2", "training.checkpoint_interval=4", "training.seed=1",
             "training.find_unused_parameters=True", "scheduler.params.num_training_steps=4", *extra]
 
 

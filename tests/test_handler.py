@@ -15,10 +15,15 @@ from tests.media import encode_video
 
 
 @pytest.fixture(scope="module")
-def served(trained, labels_csv, tmp_path_factory):
+def model_dir(trained, labels_csv, tmp_path_factory):
+    """The archive torch-model-archiver builds, extracted as TorchServe does."""
     store = tmp_path_factory.mktemp("store")
     mar = archive_model(trained, labels_csv, store, ROOT / "model-config.yaml")
-    model_dir = extract(mar, tmp_path_factory.mktemp("extracted"))
+    return extract(mar, tmp_path_factory.mktemp("extracted"))
+
+
+@pytest.fixture(scope="module")
+def served(model_dir):
     return load_handler(model_dir, {"handler": {"max_video_bytes": 2_000_000}})
 
 
@@ -122,10 +127,8 @@ def test_describe(served):
     assert body["config"]["num_hidden_layers"] == 2 and body["versions"]["torch"] == torch.__version__
 
 
-def test_top_k_and_threshold_settings(trained, labels_csv, tmp_path, test_videos):
-    store = tmp_path / "store"
-    mar = archive_model(trained, labels_csv, store, ROOT / "model-config.yaml")
-    handler, context = load_handler(extract(mar, tmp_path / "x"), {"handler": {"top_k": 3, "threshold": 0.0}})
+def test_top_k_and_threshold_settings(model_dir, test_videos):
+    handler, context = load_handler(model_dir, {"handler": {"top_k": 3, "threshold": 0.0}})
     (status, body), = handle(handler, context, [form(*test_videos[0])])
     assert status == 200 and len(body["scores"]) == 3
     assert body["threshold"] == 0.0 and len(body["labels"]) == len(handler.classes)
@@ -165,13 +168,12 @@ def test_kserve_v2_envelope(served, test_videos):
     assert "base64" in error["error"]
 
 
-def test_channels_last_keeps_the_answers(served, trained, labels_csv, tmp_path, test_videos):
+def test_channels_last_keeps_the_answers(served, model_dir, test_videos):
     handler, context = served
     assert handler.settings["channels_last"]
     video_conv = handler.model.encoders["video"].encoder[0][0]
     assert video_conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
-    mar = archive_model(trained, labels_csv, tmp_path / "store", ROOT / "model-config.yaml")
-    plain, plain_context = load_handler(extract(mar, tmp_path / "x"), {"handler": {"channels_last": False}})
+    plain, plain_context = load_handler(model_dir, {"handler": {"channels_last": False}})
     requests = [form(v, s) for v, s in test_videos]
     for (_, fast), (_, reference) in zip(handle(handler, context, requests), handle(plain, plain_context, requests),
                                          strict=True):
@@ -180,10 +182,9 @@ def test_channels_last_keeps_the_answers(served, trained, labels_csv, tmp_path, 
 
 
 @pytest.mark.parametrize("settings", [{"precision": "bf16"}, {"quantize_bert": True}])
-def test_opt_in_fast_modes_stay_close_to_fp32(served, trained, labels_csv, tmp_path, test_videos, settings):
+def test_opt_in_fast_modes_stay_close_to_fp32(served, model_dir, test_videos, settings):
     handler, context = served
-    mar = archive_model(trained, labels_csv, tmp_path / "store", ROOT / "model-config.yaml")
-    fast, fast_context = load_handler(extract(mar, tmp_path / "x"), {"handler": settings})
+    fast, fast_context = load_handler(model_dir, {"handler": settings})
     requests = [form(v, s) for v, s in test_videos]
     for (status, answer), (_, reference) in zip(handle(fast, fast_context, requests),
                                                 handle(handler, context, requests), strict=True):
@@ -191,9 +192,7 @@ def test_opt_in_fast_modes_stay_close_to_fp32(served, trained, labels_csv, tmp_p
         assert answer["scores"] == pytest.approx(reference["scores"], abs=0.05)
 
 
-def test_bad_mode_settings_fail_at_start(trained, labels_csv, tmp_path):
-    mar = archive_model(trained, labels_csv, tmp_path / "store", ROOT / "model-config.yaml")
-    model_dir = extract(mar, tmp_path / "x")
+def test_bad_mode_settings_fail_at_start(model_dir):
     with pytest.raises(ValueError, match="precision must be fp32 or bf16"):
         load_handler(model_dir, {"handler": {"precision": "fp8"}})
     with pytest.raises(ValueError, match="quantize_bert works with precision fp32 only"):
