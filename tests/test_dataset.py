@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 
 import pandas as pd
 import pytest
@@ -138,4 +137,7 @@ def test_labels_reader_rejects_bad_files(tmp_path):
     bad.write_text("id,labels\n0,x\n")
     with pytest.raises(ValueError, match="action_labels"):
         read_action_labels(bad)
-    assert os.path.exists(bad)
+    empty = tmp_path / "empty.csv"
+    empty.write_text(",action_labels\n0,[]\n")
+    with pytest.raises(ValueError, match="lists no action labels"):
+        read_action_labels(empty)
