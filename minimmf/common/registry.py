@@ -62,9 +62,6 @@ class Registry:
     def get(self, name: str, default: Any = None) -> Any:
         return self.mapping["state"].get(name, default)
 
-    def unregister(self, name: str) -> Any:
-        return self.mapping["state"].pop(name, None)
-
 
 def _add_kind_methods(kind: str) -> None:
     def register_fn(self: Registry, name: str) -> Callable[[type], type]:

@@ -27,9 +27,6 @@ class Sample(OrderedDict):
     def __setattr__(self, key: str, value: Any) -> None:
         self[key] = value
 
-    def fields(self) -> list[str]:
-        return list(self.keys())
-
 
 class SampleList(OrderedDict):
     """A batch. ``SampleList([s1, s2])`` collates; ``SampleList(dict)`` wraps."""
@@ -61,12 +58,6 @@ class SampleList(OrderedDict):
     def __setattr__(self, key: str, value: Any) -> None:
         self[key] = value
 
-    def add_field(self, field: str, value: Any) -> None:
-        self[field] = value
-
-    def fields(self) -> list[str]:
-        return list(self.keys())
-
     def get_batch_size(self) -> int:
         for value in self.values():
             if isinstance(value, torch.Tensor) and value.dim() > 0:
@@ -74,12 +65,6 @@ class SampleList(OrderedDict):
             if isinstance(value, list):
                 return len(value)
         return 0
-
-    def get_device(self) -> torch.device:
-        for value in self.values():
-            if isinstance(value, torch.Tensor):
-                return value.device
-        return torch.device("cpu")
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> SampleList:
         """A copy with every tensor (also in nested SampleLists) on ``device``."""

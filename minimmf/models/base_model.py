@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from minimmf.common.sample import SampleList, to_device
+from minimmf.common.sample import to_device
 from minimmf.modules.losses import Losses
 from minimmf.utils.checkpoint import load_state_dict_checked
 
@@ -56,6 +56,3 @@ class BaseModel(nn.Module):
         if "losses" not in output:
             output["losses"] = self.losses(sample_list, output) if hasattr(self, "losses") else {}
         return output
-
-    def format_for_prediction(self, results: Any, report: SampleList) -> Any:
-        return results

@@ -274,8 +274,11 @@ class MMFTrainer:
         all_ids = list(merged)
         return all_ids, torch.stack([merged[i][0] for i in all_ids]), torch.stack([merged[i][1] for i in all_ids])
 
-    def evaluate(self, split: str) -> dict[str, float]:
+    def evaluate(self, split: str, write_predictions: bool = False) -> dict[str, float]:
+        """Loss and metrics of ``split``; with ``write_predictions``, also MMF's prediction file."""
         ids, scores, targets = self.predict_scores(split)
+        if write_predictions:
+            self.write_predictions(split, ids, scores)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(scores, targets) * targets.size(1)
         report = {f"{split}/{self.dataset_name}/loss": float(loss)}
         for name, metric in self.metrics.items():
@@ -286,9 +289,8 @@ class MMFTrainer:
             self.metrics_logger.log(self.num_updates, report)
         return report
 
-    def predict(self, split: str) -> Path | None:
-        """Write MMF's prediction file: ``[{"id": ..., "labels": [...]}, ...]``."""
-        ids, scores, _ = self.predict_scores(split)
+    def write_predictions(self, split: str, ids: list[Any], scores: torch.Tensor) -> Path | None:
+        """MMF's prediction file: ``[{"id": ..., "labels": [...]}, ...]``."""
         if not self.is_main:
             return None
         predictions = self.datasets[split].format_for_prediction(ids, scores)
@@ -307,9 +309,7 @@ class MMFTrainer:
             self.checkpoint.restore_best()
         for split in ("val", "test"):
             if split in self.run_types:
-                reports[split] = self.evaluate(split)
-                if self.config.evaluation.predict:
-                    self.predict(split)
+                reports[split] = self.evaluate(split, write_predictions=bool(self.config.evaluation.predict))
         if self.metrics_logger:
             self.metrics_logger.plot()
         distributed.shutdown()

@@ -5,19 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import OmegaConf
 
 
 def get_minimmf_root() -> Path:
     """The package directory; config includes are resolved against it."""
     return Path(__file__).resolve().parent.parent
-
-
-def get_current_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 def as_plain_dict(config: Any) -> dict[str, Any]:

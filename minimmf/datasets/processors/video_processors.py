@@ -75,14 +75,18 @@ class VideoToTensor(PermuteAndRescale):
     pass
 
 
-@registry.register_processor("video_random_crop")
-class VideoRandomCrop(BaseProcessor):
+class _SizedCrop(BaseProcessor):
+    """A crop to ``size`` (height, width), the same for every frame."""
+
     def __init__(self, *args: Any, size: Sequence[int] | None = None, **kwargs: Any):
         super().__init__()
         if size is None:
-            raise TypeError("video_random_crop needs 'size'")
+            raise TypeError(f"{type(self).__name__} needs 'size'")
         self.size = tuple(size)
 
+
+@registry.register_processor("video_random_crop")
+class VideoRandomCrop(_SizedCrop):
     def __call__(self, vid: torch.Tensor) -> torch.Tensor:
         height, width = vid.shape[-2:]
         target_h, target_w = self.size
@@ -92,13 +96,7 @@ class VideoRandomCrop(BaseProcessor):
 
 
 @registry.register_processor("video_center_crop")
-class VideoCenterCrop(BaseProcessor):
-    def __init__(self, *args: Any, size: Sequence[int] | None = None, **kwargs: Any):
-        super().__init__()
-        if size is None:
-            raise TypeError("video_center_crop needs 'size'")
-        self.size = tuple(size)
-
+class VideoCenterCrop(_SizedCrop):
     def __call__(self, vid: torch.Tensor) -> torch.Tensor:
         return F.video_center_crop(vid, self.size)
 

@@ -157,9 +157,6 @@ class HuggingfaceBackend(nn.Module):
         embeddings.register_buffer("position_ids", embeddings.position_ids, persistent=True)
         self.embeddings = HuggingfaceEmbeddings(config, self.transformer_config, self.transformer)
 
-    def get_config(self) -> BertConfig:
-        return self.transformer_config
-
     @staticmethod
     def generate_attention_mask(masks: list[Tensor], dtype: torch.dtype) -> Tensor:
         """(B, L) 1/0 masks -> (B, 1, 1, L) additive mask: 0 kept, -10000 masked."""
