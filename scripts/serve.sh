@@ -4,7 +4,8 @@
 #   scripts/serve.sh register   register model_store/MMF_model.mar with the reference's curl command
 #   scripts/serve.sh stop       stop TorchServe and wait until it has exited
 #   scripts/serve.sh status     list the registered models
-# TorchServe writes key_file.json (the API tokens) and logs/ in the current directory.
+# TorchServe writes key_file.json (the API tokens) and logs/ (console output in logs/torchserve.out)
+# in the repository root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${BIN:-.venv/bin}"
@@ -32,7 +33,9 @@ case "${1:-}" in
 start)
     command -v java >/dev/null || { echo "TorchServe needs Java 17: apt-get install openjdk-17-jre-headless (see README)" >&2; exit 2; }
     rm -f "$KEY_FILE"
-    torchserve --start --ncs --model-store model_store --ts-config config.properties
+    mkdir -p logs
+    # TorchServe keeps writing its console to the launching terminal: send it to a file
+    torchserve --start --ncs --model-store model_store --ts-config config.properties > logs/torchserve.out 2>&1
     wait_healthy
     echo "TorchServe is up: inference $INFERENCE, management $MANAGEMENT; API keys in $KEY_FILE"
     ;;
