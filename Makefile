@@ -1,18 +1,23 @@
-# Everything runs inside .venv, created on first use.
-PYTHON ?= python3.11
+# Everything runs inside .venv, created on first use with a supported Python
+# (3.11, 3.12 or 3.13): PYTHON=/path/to/python picks one, else the first found.
+PYTHON ?=
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo bench clean
+.PHONY: install test test-fast lint demo bench constraints clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found); set PYTHON=/path/to/python3.11"; exit 1; }
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+# the tested set of every dependency is pinned by constraints.txt
+$(STAMP): pyproject.toml constraints.txt
+	@if [ ! -x $(BIN)/python ]; then \
+		python="$$(scripts/find_python.sh "$(PYTHON)")" || exit 1; \
+		echo "creating $(VENV) with $$python ($$($$python --version 2>&1))"; \
+		$$python -m venv $(VENV) || exit 1; \
+	fi
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 # The test command of README.md and CI: every test, the slow end-to-end ones included.
@@ -37,12 +42,15 @@ bench: install save/mmf_transformer_final.pth
 	$(BIN)/python bench/soak.py
 
 save/mmf_transformer_final.pth:
-	test -f data/datasets/charades/defaults/Charades/Charades_v1_train.csv || \
-		$(BIN)/python scripts/make_synthetic_charades.py --out data
+	$(BIN)/python scripts/make_synthetic_charades.py --out data --skip-existing
 	BIN=$(BIN) scripts/train.sh
 
 lint: install
 	$(BIN)/ruff check .
+
+# Re-pin constraints.txt to what .venv holds (after changing pyproject.toml and testing).
+constraints: install
+	$(BIN)/python -m pip freeze --exclude-editable | { sed -n '1,3p' constraints.txt; grep -v '^minimmf'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) save data logs .pytest_cache .ruff_cache key_file.json demo.mp4 response.txt

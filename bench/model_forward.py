@@ -2,7 +2,7 @@
 """Model forward on this machine: the tiny and the full-size Charades
 MMFTransformer at batch 1, 4 and 8 (eval mode, torch.inference_mode, fp32),
 as built, and with the serving fast path (channels-last convolution weights,
-handler.py's default), whose largest score difference from the plain model
+the handler's default), whose largest score difference from the plain model
 is reported.
 
 Prints the median time per sample and the fraction of the machine's measured
@@ -26,7 +26,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 CONFIGS = {
     "tiny": ("projects/mmf_transformer/configs/charades/tiny.yaml", 8, 64, 64),
@@ -62,16 +61,14 @@ def machine_gflops(repeats: int) -> dict[str, float]:
 
 
 def bench_model(name: str, batch_sizes: list[int], repeats: int) -> list[dict]:
-    from handler import use_channels_last
-    from tests.conftest import build_model_from, random_batch
+    from minimmf.serving.predictor import use_channels_last
+    from minimmf.utils.build import build_model, random_sample_list
+    from minimmf.utils.configuration import build_config
 
     config_path, frames, crop, audio = CONFIGS[name]
-    model = build_model_from(ROOT / config_path).eval()
-    num_labels = model.heads[0].num_labels
-    batches = {}
-    for batch_size in batch_sizes:
-        batches[batch_size] = random_batch(batch_size, num_labels, frames=frames, crop=crop, audio=audio)
-        del batches[batch_size]["targets"]
+    model = build_model(build_config(ROOT / config_path)).eval()
+    batches = {batch_size: random_sample_list(batch_size, frames=frames, crop=crop, audio=audio)
+               for batch_size in batch_sizes}
     rows, reference = [], {}
     for variant in ("fp32", "fp32 channels_last"):
         if variant.endswith("channels_last"):

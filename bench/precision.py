@@ -4,7 +4,7 @@
 For the demo model (./save) and a full-size Charades model with random
 weights, every held-out video of ./data is preprocessed once, then scored in
 batches of 4 by each mode: plain fp32, the shipped fp32 fast path
-(channels-last encoders), and the opt-in modes of handler.py (bf16 autocast,
+(channels-last encoders), and the handler's opt-in modes (bf16 autocast,
 int8 dynamic quantization of the BERT linears). Reported: time per
 sample, speed-up over plain fp32, label agreement with fp32 (same label set
 at the threshold) and the largest probability difference. Writes
@@ -23,16 +23,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.serving import LAYOUT, full_size_model  # noqa: E402
-from handler import autocast_for, quantize_bert, use_channels_last  # noqa: E402
+from bench.serving import full_size_model, has_demo_model  # noqa: E402
 from minimmf.common.sample import SampleList  # noqa: E402
+from minimmf.datasets.builders.charades._utils import CharadesLayout  # noqa: E402
 from minimmf.datasets.builders.charades.dataset import CharadesSampleMaker  # noqa: E402
+from minimmf.serving.predictor import autocast_for, quantize_bert, use_channels_last  # noqa: E402
 from minimmf.utils.build import build_model, build_processors  # noqa: E402
 from minimmf.utils.checkpoint import load_checkpoint_file  # noqa: E402
 from minimmf.utils.configuration import build_config  # noqa: E402
@@ -47,11 +47,10 @@ MODES = {
 
 
 def validation_batches(config, data_dir: Path, batch_size: int = 4) -> list[SampleList]:
-    root = data_dir / LAYOUT
-    df = pd.read_csv(root / "Charades" / "Charades_v1_test.csv", dtype=str, keep_default_na=False)
+    df = CharadesLayout.default(data_dir).read_split("test")
     charades = config.dataset_config.charades
     maker = CharadesSampleMaker(build_processors(charades.processors), "test", int(charades.frames_per_clip))
-    samples = [maker(root / "Charades_v1_480" / f"{row.id}.mp4", row.script) for row in df.itertuples()]
+    samples = [maker(row.path, row.script) for row in df.itertuples()]
     return [SampleList(samples[i:i + batch_size]) for i in range(0, len(samples), batch_size)]
 
 
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-dir", type=Path, default=ROOT / "save")
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
     args = parser.parse_args(argv)
-    if not (args.save_dir / "mmf_transformer_final.pth").is_file() or not (args.data_dir / LAYOUT).is_dir():
+    if not has_demo_model(args.save_dir, args.data_dir):
         print("error: needs the demo model and data; run `make demo` (or scripts/train.sh) first", file=sys.stderr)
         return 2
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"

@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,37 +38,18 @@ REFERENCE_MAX_SECONDS = 60
 
 def make_video(seconds: int, width: int = 854, height: int = 480, fps: int = 30) -> Path:
     """An H.264 + AAC video with motion and sound, cached between runs."""
-    import av
     import numpy as np
+
+    from minimmf.utils.video_writer import tone, write_video
 
     path = CACHE / f"h264_aac_{seconds}s_{height}p.mp4"
     if path.is_file():
         return path
     CACHE.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seconds)
-    base = rng.integers(0, 255, size=(height, width, 3), dtype=np.uint8)
-    with av.open(str(path), "w") as container:
-        video = container.add_stream("libx264", rate=Fraction(fps))
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        video.options = {"preset": "ultrafast", "crf": "28"}
-        audio = container.add_stream("aac", rate=48000, layout="stereo")
-        for index in range(seconds * fps):
-            frame = np.roll(base, shift=index * 4, axis=1)
-            for packet in video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in video.encode():
-            container.mux(packet)
-        t = np.arange(seconds * 48000) / 48000
-        tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-        samples = np.stack([tone, tone])
-        for start in range(0, samples.shape[1], 1024):
-            chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start:start + 1024]), format="fltp",
-                                               layout="stereo")
-            chunk.sample_rate, chunk.pts = 48000, start
-            for packet in audio.encode(chunk):
-                container.mux(packet)
-        for packet in audio.encode():
-            container.mux(packet)
+    base = np.random.default_rng(seconds).integers(0, 255, size=(height, width, 3), dtype=np.uint8)
+    frames = (np.roll(base, shift=index * 4, axis=1) for index in range(seconds * fps))
+    write_video(path, frames, fps=fps, audio=tone(seconds, 48000, amplitude=0.3, channels=2), audio_rate=48000,
+                video_options={"preset": "ultrafast", "crf": "28"})
     return path
 
 

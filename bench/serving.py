@@ -25,21 +25,24 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from minimmf.datasets.builders.charades._utils import CharadesLayout
+from minimmf.serving.torchserve import TorchServe, archive_model, default_labels
+from minimmf.serving.worker import handle, load_handler
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from scripts.local_torchserve import LocalTorchServe, archive_model, handle, load_handler  # noqa: E402
-
 RESULTS = ROOT / "bench" / "results"
 CACHE = ROOT / "bench" / ".cache"
-LAYOUT = Path("datasets/charades/defaults")
+
+
+def has_demo_model(save_dir: Path, data_dir: Path) -> bool:
+    return (save_dir / "mmf_transformer_final.pth").is_file() and \
+        CharadesLayout.default(data_dir).annotations["test"][0].is_file()
 
 
 def demo_requests(data_dir: Path, count: int) -> list[tuple[bytes, str]]:
-    root = data_dir / LAYOUT
-    df = pd.read_csv(root / "Charades" / "Charades_v1_test.csv", dtype=str, keep_default_na=False)
-    return [((root / "Charades_v1_480" / f"{row.id}.mp4").read_bytes(), row.script)
-            for row in df.head(count).itertuples()]
+    """(video bytes, script) of the first ``count`` held-out videos of the demo data."""
+    df = CharadesLayout.default(data_dir).read_split("test")
+    return [(Path(row.path).read_bytes(), row.script) for row in df.head(count).itertuples()]
 
 
 def full_size_model(workdir: Path) -> tuple[Path, Path, Path]:
@@ -65,7 +68,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def load(serve: LocalTorchServe, name: str, requests_: list[tuple[bytes, str]], concurrency: int,
+def load(serve: TorchServe, name: str, requests_: list[tuple[bytes, str]], concurrency: int,
          total: int) -> dict:
     def one(index: int) -> tuple[float, int]:
         video, script = requests_[index % len(requests_)]
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="*", default=["demo", "full"], choices=["demo", "full"])
     parser.add_argument("--per-concurrency", type=int, default=3, help="requests per unit of concurrency")
     args = parser.parse_args(argv)
-    if not (args.save_dir / "mmf_transformer_final.pth").is_file() or not (args.data_dir / LAYOUT).is_dir():
+    if not has_demo_model(args.save_dir, args.data_dir):
         print("error: needs the demo model and data; run `make demo` (or scripts/train.sh) first", file=sys.stderr)
         return 2
     requests_ = demo_requests(args.data_dir, 8)
@@ -111,22 +114,27 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         store = workdir / "model_store"
         models = {}
+        archive = {"model_config": ROOT / "model-config.yaml", "handler": ROOT / "handler.py", "folder": True}
         if "demo" in args.models:
-            models["demo"] = archive_model(args.save_dir, ROOT / "charades_action_labels.csv", store,
-                                           ROOT / "model-config.yaml", name="demo", folder=True)
+            models["demo"] = archive_model(args.save_dir, store, name="demo", **archive,
+                                           labels=default_labels(args.save_dir, ROOT))
         if "full" in args.models:
             save_dir, weights, labels = full_size_model(workdir)
-            models["full"] = archive_model(save_dir, labels, store, ROOT / "model-config.yaml", name="full",
-                                           weights=weights, folder=True)
-        serve = LocalTorchServe(workdir, store)
+            models["full"] = archive_model(save_dir, store, labels, weights, name="full", **archive)
+        serve = TorchServe.private(workdir, store, ROOT / "config.properties")
         serve.start()
         try:
             for name, model_dir in models.items():
                 handler_ms = in_process_ms(model_dir, requests_, repeats=6)
                 for batch_size in (1, 4):
-                    response = serve.register(name, name=name, batch_size=batch_size, max_batch_delay=50)
+                    # the benchmark varies the batching: registration parameters override model-config.yaml
+                    response = serve.register(name, name=name, batch_size=batch_size, max_batch_delay=50,
+                                              initial_workers=1)
                     if response.status_code != 200:
                         raise RuntimeError(f"registering {name}: {response.text}")
+                    served_batch = serve.describe(name)[0]["batchSize"]
+                    if served_batch != batch_size:
+                        raise RuntimeError(f"{name} registered with batch size {served_batch}, not {batch_size}")
                     load(serve, name, requests_, 1, 2)  # warm-up
                     for concurrency in (1, 4, 8):
                         # at least 10 requests, so that p50 at concurrency 1 is not one sample's noise

@@ -28,9 +28,11 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
+
 from bench.serving import demo_requests  # noqa: E402
-from scripts.local_torchserve import LocalTorchServe, archive_model  # noqa: E402
-from tests.media import encode_video  # noqa: E402
+from minimmf.serving.torchserve import TorchServe, archive_model, default_labels  # noqa: E402
+from minimmf.utils.video_writer import tone, write_video  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 MAX_VIDEO_BYTES = 2_000_000
@@ -40,8 +42,9 @@ def request_mix(data_dir: Path, workdir: Path) -> list[tuple[str, dict, int]]:
     """(kind, multipart files, expected status) for every kind of input."""
     good = demo_requests(data_dir, 6)
     video, script = good[0]
-    silent = encode_video(workdir / "silent.mp4", frames=20, audio_codec=None).read_bytes()
-    one_frame = encode_video(workdir / "one.mp4", frames=1).read_bytes()
+    frames = [np.full((48, 64, 3), 16 * i, dtype=np.uint8) for i in range(20)]
+    silent = write_video(workdir / "silent.mp4", frames, fps=10).read_bytes()
+    one_frame = write_video(workdir / "one.mp4", frames[:1], fps=10, audio=tone(0.5)).read_bytes()
     mix = [("good", {"data": ("v.mp4", v), "script": (None, s)}, 200) for v, s in good]
     mix += [
         ("no_audio", {"data": ("s.mp4", silent), "script": (None, script)}, 200),
@@ -54,7 +57,7 @@ def request_mix(data_dir: Path, workdir: Path) -> list[tuple[str, dict, int]]:
     return mix
 
 
-def worker_pid(serve: LocalTorchServe) -> int:
+def worker_pid(serve: TorchServe) -> int:
     return int(serve.describe()[0]["workers"][0]["pid"])
 
 
@@ -62,7 +65,7 @@ def worker_rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
-def send_all(serve: LocalTorchServe, mix: list, count: int, concurrency: int,
+def send_all(serve: TorchServe, mix: list, count: int, concurrency: int,
              on_request=None) -> collections.Counter:
     def one(index: int) -> tuple[str, int, int]:
         if on_request is not None:
@@ -99,12 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         model_config = workdir / "model-config.yaml"
         model_config.write_text((ROOT / "model-config.yaml").read_text().replace(
             "max_video_bytes: 200000000", f"max_video_bytes: {MAX_VIDEO_BYTES}"))
-        archive_model(args.save_dir, ROOT / "charades_action_labels.csv", workdir / "store", model_config)
+        archive_model(args.save_dir, workdir / "store", default_labels(args.save_dir, ROOT), model_config=model_config,
+                      handler=ROOT / "handler.py")
         mix = request_mix(args.data_dir, workdir)
-        serve = LocalTorchServe(workdir, workdir / "store")
+        serve = TorchServe.private(workdir, workdir / "store", ROOT / "config.properties")
         serve.start()
         try:
-            if serve.register("MMF_model.mar", batch_size=4, max_batch_delay=50).status_code != 200:
+            # batch_size 4 from model-config.yaml; a shorter delay than its 100 ms keeps the soak quick
+            if serve.register("MMF_model.mar", max_batch_delay=50).status_code != 200:
                 raise RuntimeError("registration failed")
             send_all(serve, mix, 48, args.concurrency)  # warm-up
             pid = worker_pid(serve)

@@ -13,17 +13,13 @@ export BIN DATA_DIR SAVE_DIR
 step() { printf '\n==> %s\n' "$*"; }
 
 step "1/6 synthetic Charades dataset in $DATA_DIR"
-if [ ! -f "$DATA_DIR/datasets/charades/defaults/Charades/Charades_v1_train.csv" ]; then
-    "$BIN/python" scripts/make_synthetic_charades.py --out "$DATA_DIR"
-else
-    echo "already there"
-fi
+"$BIN/python" scripts/make_synthetic_charades.py --out "$DATA_DIR" --skip-existing
 
 step "2/6 training the tiny config with mmf_run (a few minutes on a CPU)"
 scripts/train.sh "$@"
 
 step "3/6 archiving model_store/MMF_model.mar"
-scripts/archive.sh "$SAVE_DIR" charades_action_labels.csv
+scripts/archive.sh "$SAVE_DIR"
 
 step "4/6 starting TorchServe"
 trap 'step "6/6 stopping TorchServe"; scripts/serve.sh stop' EXIT

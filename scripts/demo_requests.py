@@ -18,9 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from minimmf.datasets.builders.charades._utils import make_charades_df
-
-LAYOUT = Path("datasets/charades/defaults")
+from minimmf.datasets.builders.charades._utils import CharadesLayout
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,11 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("demo_requests"))
     parser.add_argument("--copy-first", help="also write NAME.mp4 and NAME.info.json for the first video")
     args = parser.parse_args(argv)
-    root = args.data_dir / LAYOUT
-    df = make_charades_df(root / "Charades" / f"Charades_v1_{args.split}.csv", root / "Charades_v1_480",
-                          root / "Charades" / "Charades_v1_classes.txt")
+    layout = CharadesLayout.default(args.data_dir)
+    try:
+        df = layout.read_split(args.split)
+    except FileNotFoundError as error:
+        print(f"error: {error.filename or error} not found: make the data first (make demo)", file=sys.stderr)
+        return 2
     if df.empty:
-        print(f"error: no {args.split} videos under {root}", file=sys.stderr)
+        print(f"error: no {args.split} videos in {args.data_dir}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     for index, row in df.head(args.count).iterrows():

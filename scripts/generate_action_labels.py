@@ -15,19 +15,20 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from minimmf.datasets.builders.charades._utils import (
+    CharadesLayout,
     make_charades_df,
     read_action_labels,
     write_action_labels_csv,
 )
 
-LAYOUT = Path("datasets/charades/defaults")
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path("data"),
-                        help="env.data_dir holding datasets/charades/defaults/... (default ./data)")
+                        help="env.data_dir of a dataset in minimmf's Charades layout (default ./data)")
     parser.add_argument("--annotations", type=Path, help="a Charades_v1_<split>.csv (overrides --data-dir)")
     parser.add_argument("--classes", type=Path, help="Charades_v1_classes.txt (overrides --data-dir)")
     parser.add_argument("--video-dir", type=Path, help="the folder of <id>.mp4 videos (overrides --data-dir)")
@@ -37,18 +38,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def training_videos(args: argparse.Namespace) -> pd.DataFrame:
+    """The training split's rows: every annotation file the layout lists, or the files given."""
+    layout = CharadesLayout.default(args.data_dir)
+    if not (args.annotations or args.classes or args.video_dir):
+        return layout.read_split("train", require_videos=not args.no_video_check)
+    return make_charades_df(args.annotations or layout.annotations["train"][0],
+                            args.video_dir or layout.videos["train"][0], args.classes or layout.classes_file,
+                            require_videos=not args.no_video_check)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    root = args.data_dir / LAYOUT
-    annotations = args.annotations or root / "Charades" / "Charades_v1_train.csv"
-    classes = args.classes or root / "Charades" / "Charades_v1_classes.txt"
-    video_dir = args.video_dir or root / "Charades_v1_480"
-    for path in (annotations, classes):
-        if not path.is_file():
-            print(f"error: {path} not found; point --data-dir (or --annotations/--classes) at a Charades dataset, "
-                  "e.g. one made by scripts/make_synthetic_charades.py", file=sys.stderr)
-            return 2
-    df = make_charades_df(annotations, video_dir, classes, require_videos=not args.no_video_check)
+    try:
+        df = training_videos(args)
+    except FileNotFoundError as error:
+        print(f"error: {error.filename or error} not found; point --data-dir (or --annotations/--classes) at a "
+              "Charades dataset, e.g. one made by scripts/make_synthetic_charades.py", file=sys.stderr)
+        return 2
     write_action_labels_csv(df, args.out)
     print(f"wrote {args.out}: {len(df)} videos, {len(read_action_labels(args.out))} classes")
     return 0

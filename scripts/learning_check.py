@@ -28,10 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-f1", type=float, default=0.9)
     parser.add_argument("overrides", nargs="*", help="extra mmf_run key=value overrides")
     args = parser.parse_args(argv)
-    if not (args.data_dir / "datasets/charades/defaults/Charades/Charades_v1_train.csv").is_file():
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_synthetic_charades.py"), "--out",
-                        str(args.data_dir), "--num-classes", "8", "--num-train", "100", "--num-test", "24"],
-                       check=True)
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_synthetic_charades.py"), "--out", str(args.data_dir),
+                    "--num-classes", "8", "--num-train", "100", "--num-test", "24", "--skip-existing"], check=True)
     started = time.time()
     subprocess.run([sys.executable, "-m", "minimmf.cli.run",
                     f"config={ROOT / 'projects/mmf_transformer/configs/charades/tiny.yaml'}", "run_type=train_val",

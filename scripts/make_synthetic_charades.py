@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Write a small synthetic dataset in the exact Charades layout.
+"""Write a small synthetic dataset in the exact Charades layout, where
+minimmf's Charades config looks for it with ``env.data_dir=<out>``:
 
     <out>/datasets/charades/defaults/Charades/Charades_v1_train.csv
     <out>/datasets/charades/defaults/Charades/Charades_v1_test.csv
@@ -21,12 +22,13 @@ import colorsys
 import csv
 import sys
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 from tqdm import tqdm
+
+from minimmf.datasets.builders.charades._utils import CharadesLayout
+from minimmf.utils.video_writer import write_video
 
 CSV_COLUMNS = ["id", "subject", "scene", "quality", "relevance", "verified", "script", "objects",
                "descriptions", "actions", "length"]
@@ -40,7 +42,6 @@ ACTION_NAMES = [
 SCENES = ["Kitchen", "Bedroom", "Living room", "Bathroom", "Hallway", "Garage"]
 FILLERS = ["The room is quiet.", "It is late in the evening.", "Nobody else is around.", "The light is dim.",
            "Music plays somewhere.", ""]
-LAYOUT = Path("datasets/charades/defaults")
 TONE_AMPLITUDE = 0.008  # mel power ~0.6 at the tone's bin, below the pipeline's wrap-around at 1.0
 
 
@@ -109,29 +110,12 @@ def soundtrack(actions: list[Action], duration: float, rate: int, rng: np.random
     return np.clip(audio, -1, 1).astype(np.float32)[None, :]
 
 
-def write_video(path: Path, actions: list[Action], args: argparse.Namespace, rng: np.random.Generator) -> None:
+def write_example(path: Path, actions: list[Action], args: argparse.Namespace, rng: np.random.Generator) -> None:
     background = np.clip(rng.normal(60, 12, size=(args.height, args.width, 3)), 0, 255).astype(np.uint8)
-    with av.open(str(path), mode="w") as container:
-        video = container.add_stream("libx264", rate=Fraction(args.fps).limit_denominator(1000))
-        video.width, video.height, video.pix_fmt = args.width, args.height, "yuv420p"
-        video.options = {"preset": "veryfast", "crf": "23"}
-        audio = container.add_stream("aac", rate=args.audio_rate, layout="mono")
-        for index in range(int(round(args.duration * args.fps))):
-            image = render_frame(actions, index / args.fps, args.width, args.height, background)
-            for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in video.encode():
-            container.mux(packet)
-        samples = soundtrack(actions, args.duration, args.audio_rate, rng)
-        chunk = 1024
-        for start in range(0, samples.shape[1], chunk):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start : start + chunk]),
-                                               format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = args.audio_rate, start
-            for packet in audio.encode(frame):
-                container.mux(packet)
-        for packet in audio.encode():
-            container.mux(packet)
+    frames = (render_frame(actions, index / args.fps, args.width, args.height, background)
+              for index in range(int(round(args.duration * args.fps))))
+    write_video(path, frames, fps=args.fps, audio=soundtrack(actions, args.duration, args.audio_rate, rng),
+                audio_rate=args.audio_rate, video_options={"preset": "veryfast", "crf": "23"})
 
 
 def script_for(actions: list[Action], rng: np.random.Generator) -> str:
@@ -140,10 +124,9 @@ def script_for(actions: list[Action], rng: np.random.Generator) -> str:
     return f"{text} {rng.choice(FILLERS)}".strip()
 
 
-def write_split(name: str, count: int, classes: list[ActionClass], args: argparse.Namespace,
+def write_split(name: str, count: int, classes: list[ActionClass], layout: CharadesLayout, args: argparse.Namespace,
                 rng: np.random.Generator, used_ids: set[str]) -> None:
-    annotations = args.out / LAYOUT / "Charades" / f"Charades_v1_{name}.csv"
-    videos = args.out / LAYOUT / "Charades_v1_480"
+    annotations, videos = layout.annotations[name][0], layout.videos[name][0]
     rows = []
     for index in tqdm(range(count), desc=f"{name} videos", unit="video", disable=args.quiet):
         vid = video_id(rng)
@@ -153,7 +136,7 @@ def write_split(name: str, count: int, classes: list[ActionClass], args: argpars
         # the training split shows every class at least once
         must_include = classes[index] if name == "train" and index < len(classes) else None
         actions = pick_actions(rng, classes, args.duration, must_include)
-        write_video(videos / f"{vid}.mp4", actions, args, rng)
+        write_example(videos / f"{vid}.mp4", actions, args, rng)
         rows.append({
             "id": vid, "subject": f"S{int(rng.integers(1, 99)):02d}", "scene": str(rng.choice(SCENES)),
             "quality": int(rng.integers(3, 8)), "relevance": int(rng.integers(4, 8)), "verified": "Yes",
@@ -180,6 +163,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--audio-rate", type=int, default=16000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="do nothing when <out> already holds a training split")
     args = parser.parse_args(argv)
     if args.num_classes < 1 or args.num_train < args.num_classes:
         parser.error("need at least one class and at least as many training videos as classes")
@@ -190,17 +175,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    (args.out / LAYOUT / "Charades").mkdir(parents=True, exist_ok=True)
-    (args.out / LAYOUT / "Charades_v1_480").mkdir(parents=True, exist_ok=True)
+    layout = CharadesLayout.default(args.out)
+    if args.skip_existing and layout.annotations["train"][0].is_file():
+        print(f"a Charades training split is already in {layout.annotations['train'][0].parent}")
+        return 0
+    for split in ("train", "test"):
+        layout.annotations[split][0].parent.mkdir(parents=True, exist_ok=True)
+        layout.videos[split][0].mkdir(parents=True, exist_ok=True)
+    layout.classes_file.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     classes = action_classes(args.num_classes)
-    with open(args.out / LAYOUT / "Charades" / "Charades_v1_classes.txt", "w", encoding="utf-8") as handle:
+    with open(layout.classes_file, "w", encoding="utf-8") as handle:
         handle.writelines(f"{c.class_id} {c.name}\n" for c in classes)
     used_ids: set[str] = set()
-    write_split("train", args.num_train, classes, args, rng, used_ids)
-    write_split("test", args.num_test, classes, args, rng, used_ids)
+    write_split("train", args.num_train, classes, layout, args, rng, used_ids)
+    write_split("test", args.num_test, classes, layout, args, rng, used_ids)
     print(f"wrote {args.num_train} training and {args.num_test} test videos of {args.num_classes} classes "
-          f"under {args.out / LAYOUT}")
+          f"under {layout.classes_file.parent.parent}")
     return 0
 
 

@@ -9,12 +9,6 @@ CONFIG="${CONFIG:-projects/mmf_transformer/configs/charades/tiny.yaml}"
 DATA_DIR="${DATA_DIR:-./data}"
 SAVE_DIR="${SAVE_DIR:-./save}"
 
-if [ ! -f "$DATA_DIR/datasets/charades/defaults/Charades/Charades_v1_train.csv" ]; then
-    echo "no Charades data under $DATA_DIR; make the synthetic set with:" >&2
-    echo "  $BIN/python scripts/make_synthetic_charades.py --out $DATA_DIR" >&2
-    exit 2
-fi
-
 exec "$BIN/mmf_run" config="$CONFIG" run_type=train_val dataset=charades model=mmf_transformer \
     env.data_dir="$DATA_DIR" env.save_dir="$SAVE_DIR" \
     training.num_workers=1 training.find_unused_parameters=True "$@"

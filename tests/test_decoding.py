@@ -15,10 +15,7 @@ from minimmf.datasets.builders.charades._utils import (
     count_video_frames,
     decode_clip,
 )
-from tests.conftest import SHARED_DATA
 from tests.media import decode_all_audio, decode_all_frames, encode_video
-
-needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside this checkout")
 
 
 def test_clip_indices_are_mmf_linspace():
@@ -27,9 +24,8 @@ def test_clip_indices_are_mmf_linspace():
     assert clip_frame_indices(1, 16) == [0] * 16
 
 
-@needs_shared
-def test_real_mkv_with_opus_audio():
-    path = SHARED_DATA / "flipping_a_pancake.mkv"
+def test_real_mkv_with_opus_audio(shared_data):
+    path = shared_data / "flipping_a_pancake.mkv"
     clip = decode_clip(path, 16, max_audio_samples=1000)
     everything = decode_all_frames(str(path))
     assert clip.num_video_frames == len(everything) == 310
@@ -42,9 +38,8 @@ def test_real_mkv_with_opus_audio():
     assert torch.equal(from_bytes.video, clip.video) and torch.equal(from_bytes.audio, clip.audio)
 
 
-@needs_shared
-def test_real_mov_with_three_frames_and_rotation_metadata():
-    path = SHARED_DATA / "video_90.mov"
+def test_real_mov_with_three_frames_and_rotation_metadata(shared_data):
+    path = shared_data / "video_90.mov"
     clip = decode_clip(path, 16, max_audio_samples=1000)
     everything = decode_all_frames(str(path))
     assert clip.num_video_frames == 3

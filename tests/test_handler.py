@@ -9,8 +9,11 @@ import json
 import pytest
 import torch
 
-from scripts.local_torchserve import archive_model, extract, handle, load_handler
-from tests.conftest import ROOT, synthetic_root
+from minimmf.serving.predictor import select_device
+from minimmf.serving.settings import SettingsError
+from minimmf.serving.torchserve import archive_model
+from minimmf.serving.worker import extract, handle, load_handler
+from tests.conftest import ROOT
 from tests.media import encode_video
 
 
@@ -18,7 +21,8 @@ from tests.media import encode_video
 def model_dir(trained, labels_csv, tmp_path_factory):
     """The archive torch-model-archiver builds, extracted as TorchServe does."""
     store = tmp_path_factory.mktemp("store")
-    mar = archive_model(trained, labels_csv, store, ROOT / "model-config.yaml")
+    mar = archive_model(trained, store, labels=labels_csv, model_config=ROOT / "model-config.yaml",
+                        handler=ROOT / "handler.py")
     return extract(mar, tmp_path_factory.mktemp("extracted"))
 
 
@@ -28,12 +32,8 @@ def served(model_dir):
 
 
 @pytest.fixture(scope="module")
-def test_videos(synthetic_data_dir):
-    import pandas as pd
-
-    root = synthetic_root(synthetic_data_dir)
-    df = pd.read_csv(root / "Charades" / "Charades_v1_test.csv", dtype=str, keep_default_na=False)
-    return [((root / "Charades_v1_480" / f"{row.id}.mp4").read_bytes(), row.script) for row in df.itertuples()]
+def test_videos(test_split):
+    return [(path.read_bytes(), script) for path, script in test_split]
 
 
 def form(video: bytes, script: str, **extra) -> dict:
@@ -45,16 +45,16 @@ def test_answers_match_the_model(served, test_videos):
     handler, context = served
     results = handle(handler, context, [form(v, s) for v, s in test_videos])
     assert [status for status, _ in results] == [200] * len(test_videos)
-    assert handler.classes == sorted(handler.classes)
+    assert handler.predictor.classes == sorted(handler.predictor.classes)
     for (_, body), (video, script) in zip(results, test_videos, strict=True):
         # the same video and script, one at a time, straight through the model
-        sample = handler.sample_maker(video, script)
+        sample = handler.predictor.sample_maker(video, script)
         with torch.inference_mode():
             single = {k: (v[None] if torch.is_tensor(v) else v) for k, v in sample.items()}
-            expected = torch.sigmoid(handler.model(single)["scores"])[0]
+            expected = torch.sigmoid(handler.predictor.model(single)["scores"])[0]
         assert set(body) == {"labels", "scores", "threshold"}
-        assert len(body["scores"]) == len(handler.classes)
-        for index, name in enumerate(handler.classes):
+        assert len(body["scores"]) == len(handler.predictor.classes)
+        for index, name in enumerate(handler.predictor.classes):
             assert body["scores"][name] == pytest.approx(float(expected[index]), abs=1e-5)
         assert body["labels"] == [n for n, p in body["scores"].items() if p >= body["threshold"]]
 
@@ -62,7 +62,7 @@ def test_answers_match_the_model(served, test_videos):
 def test_labels_and_info_fields(served, test_videos):
     handler, context = served
     video, script = test_videos[0]
-    known, unknown = handler.classes[0], "Juggling flaming torches"
+    known, unknown = handler.predictor.classes[0], "Juggling flaming torches"
     info = json.dumps({"script": script, "action_labels": [known, unknown]}).encode()
     results = handle(handler, context, [
         form(video, script, labels=bytearray(json.dumps([known]).encode())),
@@ -123,7 +123,7 @@ def test_describe(served):
     handler, context = served
     (status, body), = handle(handler, context, [{"body": b""}], headers=[{"describe": "True"}])
     assert status == 200
-    assert body["labels"] == handler.classes and body["threshold"] == 0.5
+    assert body["labels"] == handler.predictor.classes and body["threshold"] == 0.5
     assert body["config"]["num_hidden_layers"] == 2 and body["versions"]["torch"] == torch.__version__
 
 
@@ -131,12 +131,10 @@ def test_top_k_and_threshold_settings(model_dir, test_videos):
     handler, context = load_handler(model_dir, {"handler": {"top_k": 3, "threshold": 0.0}})
     (status, body), = handle(handler, context, [form(*test_videos[0])])
     assert status == 200 and len(body["scores"]) == 3
-    assert body["threshold"] == 0.0 and len(body["labels"]) == len(handler.classes)
+    assert body["threshold"] == 0.0 and len(body["labels"]) == len(handler.predictor.classes)
 
 
 def test_cpu_when_no_gpu_is_assigned():
-    from handler import select_device
-
     assert select_device(None) == torch.device("cpu")
     if not torch.cuda.is_available():
         assert select_device(0) == torch.device("cpu")
@@ -170,8 +168,8 @@ def test_kserve_v2_envelope(served, test_videos):
 
 def test_channels_last_keeps_the_answers(served, model_dir, test_videos):
     handler, context = served
-    assert handler.settings["channels_last"]
-    video_conv = handler.model.encoders["video"].encoder[0][0]
+    assert handler.settings.channels_last
+    video_conv = handler.predictor.model.encoders["video"].encoder[0][0]
     assert video_conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
     plain, plain_context = load_handler(model_dir, {"handler": {"channels_last": False}})
     requests = [form(v, s) for v, s in test_videos]
@@ -192,8 +190,17 @@ def test_opt_in_fast_modes_stay_close_to_fp32(served, model_dir, test_videos, se
         assert answer["scores"] == pytest.approx(reference["scores"], abs=0.05)
 
 
-def test_bad_mode_settings_fail_at_start(model_dir):
-    with pytest.raises(ValueError, match="precision must be fp32 or bf16"):
-        load_handler(model_dir, {"handler": {"precision": "fp8"}})
-    with pytest.raises(ValueError, match="quantize_bert works with precision fp32 only"):
-        load_handler(model_dir, {"handler": {"precision": "bf16", "quantize_bert": True}})
+@pytest.mark.parametrize("settings, message", [
+    ({"precision": "fp8"}, "handler.precision must be one of"),
+    ({"precision": "bf16", "quantize_bert": True}, "quantize_bert works with precision fp32 only"),
+    ({"top_k": "3"}, "handler.top_k must be an int"),
+    ({"top_k": -1}, "handler.top_k must be >= 0"),
+    ({"threshold": 1.5}, "handler.threshold must be a probability"),
+    ({"channels_last": "yes"}, "handler.channels_last must be a bool"),
+    ({"max_video_bytes": 0}, "handler.max_video_bytes must be > 0"),
+    ({"treshold": 0.3}, "unknown handler setting(s) ['treshold']"),
+])
+def test_bad_settings_fail_at_start_naming_the_setting(model_dir, settings, message):
+    with pytest.raises(SettingsError) as error:
+        load_handler(model_dir, {"handler": settings})
+    assert message in str(error.value)

@@ -1,11 +1,13 @@
-"""End to end against a real TorchServe: a .mar built by torch-model-archiver,
-registered through the management API with the token, concurrent requests
-batched by 4 compared with the in-process handler, bad inputs, no token."""
+"""End to end against a real TorchServe, started and fed the way `make demo`
+does it: scripts/archive.sh (torch-model-archiver), the serving CLI behind
+scripts/serve.sh (start, register with model-config.yaml's batching, stop),
+the management API with the token, concurrent requests batched by 4
+compared with the in-process handler, bad inputs, no token, request.py."""
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -13,43 +15,67 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
-from scripts.local_torchserve import LocalTorchServe, archive_model, extract, handle, load_handler
-from tests.conftest import ROOT, synthetic_root
+from minimmf.serving.torchserve import TorchServe
+from minimmf.serving.worker import extract, handle, load_handler
+from tests.conftest import ROOT
 from tests.media import encode_video
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17 (see README)")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("java_ready")]
+MAX_VIDEO_BYTES = 3_000_000
+
+
+def serving_cli(serve: TorchServe, *args: str) -> subprocess.CompletedProcess:
+    """``python -m minimmf.serving.torchserve ...`` in the server's directory (what scripts/serve.sh runs)."""
+    return subprocess.run([sys.executable, "-m", "minimmf.serving.torchserve", *args, "--model-store",
+                           str(serve.model_store), "--ts-config", str(serve.ts_config)],
+                          cwd=serve.workdir, env=serve.env, capture_output=True, text=True, timeout=600)
+
+
 @pytest.fixture(scope="module")
 def server(trained, labels_csv, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("torchserve")
-    model_config = workdir / "model-config.yaml"
-    model_config.write_text((ROOT / "model-config.yaml").read_text().replace("max_video_bytes: 200000000",
-                                                                           "max_video_bytes: 3000000"))
-    mar = archive_model(trained, labels_csv, workdir / "model_store", model_config)
-    serve = LocalTorchServe(workdir, workdir / "model_store")
-    serve.start()
+    model_config = yaml.safe_load((ROOT / "model-config.yaml").read_text())
+    model_config["handler"]["max_video_bytes"] = MAX_VIDEO_BYTES
+    (workdir / "model-config.yaml").write_text(yaml.safe_dump(model_config))
+    store = workdir / "model_store"
+    archived = subprocess.run([str(ROOT / "scripts" / "archive.sh"), str(trained), str(labels_csv)],
+                              env={**os.environ, "BIN": str(Path(sys.executable).parent), "MODEL_STORE": str(store),
+                                   "MODEL_CONFIG": str(workdir / "model-config.yaml")},
+                              capture_output=True, text=True)
+    assert archived.returncode == 0, archived.stderr
+    mar = store / "MMF_model.mar"
+    assert f"wrote {mar}" in archived.stdout
+    serve = TorchServe.private(workdir, store, ROOT / "config.properties")
+    started = serving_cli(serve, "start")
+    assert started.returncode == 0, started.stderr
     try:
-        response = serve.register("MMF_model.mar", batch_size=4, max_batch_delay=500)
-        assert response.status_code == 200, response.text
-        handler, context = load_handler(extract(mar, workdir / "in_process"),
-                                        {"handler": {"max_video_bytes": 3000000}})
+        registered = serving_cli(serve, "register")
+        assert registered.returncode == 0, registered.stdout + registered.stderr
+        handler, context = load_handler(extract(mar, workdir / "in_process"), model_config)
         yield serve, handler, context
     finally:
-        serve.stop()
+        stopped = serving_cli(serve, "stop")
+        assert stopped.returncode == 0 and "TorchServe stopped" in stopped.stdout, stopped.stderr
 
 
 @pytest.fixture(scope="module")
-def videos(synthetic_data_dir):
-    import pandas as pd
-
-    root = synthetic_root(synthetic_data_dir)
-    df = pd.read_csv(root / "Charades" / "Charades_v1_test.csv", dtype=str, keep_default_na=False)
-    return [(root / "Charades_v1_480" / f"{row.id}.mp4", row.script) for row in df.itertuples()]
+def videos(test_split):
+    return test_split
 
 
-def predict(serve: LocalTorchServe, files: dict, token: bool = True) -> requests.Response:
+def predict(serve: TorchServe, files: dict, token: bool = True) -> requests.Response:
     return serve.predict(files, token=token)
+
+
+def test_registration_takes_model_config_batching(server):
+    serve, _, _ = server
+    shipped = yaml.safe_load((ROOT / "model-config.yaml").read_text())
+    described = serve.describe()[0]
+    assert described["batchSize"] == shipped["batchSize"] == 4
+    assert described["maxBatchDelay"] == shipped["maxBatchDelay"]
+    assert len(described["workers"]) == shipped["minWorkers"]
 
 
 def good_files(path: Path, script: str) -> dict:
@@ -113,12 +139,12 @@ def test_describe_and_request_client(server, videos, tmp_path):
                              headers=serve.headers("management"), timeout=60)
     assert described.status_code == 200
     metadata = described.json()[0]["customizedMetadata"]
-    assert metadata["labels"] == handler.classes
+    assert metadata["labels"] == handler.predictor.classes
     path, script = videos[1]
     info = tmp_path / "clip.info.json"
-    info.write_text(json.dumps({"script": script, "action_labels": [handler.classes[0]]}))
+    info.write_text(json.dumps({"script": script, "action_labels": [handler.predictor.classes[0]]}))
     result = subprocess.run([sys.executable, str(ROOT / "request.py"), "--video", str(path), "--info", str(info),
-                             "--url", serve.url("inference"), "--key-file", str(serve.workdir / "key_file.json"),
+                             "--url", serve.url("inference"), "--key-file", str(serve.key_file),
                              "--output", str(tmp_path / "response.txt")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "labels:" in result.stdout

@@ -12,8 +12,9 @@ class UnknownComponentError(ValueError):
 
 
 class Registry:
-    # one table per kind of component; the public methods below are generated
-    # from these names (register_model / get_model_class, ...)
+    """One table per kind of component, with MMF's ``register_<kind>``
+    decorators and ``get_<kind>_class`` lookups (None when absent)."""
+
     KINDS = (
         "model",
         "encoder",
@@ -29,15 +30,14 @@ class Registry:
 
     def __init__(self) -> None:
         self.mapping: dict[str, dict[str, Any]] = {kind: {} for kind in self.KINDS}
-        self.mapping["state"] = {}
 
-    def _register(self, kind: str, name: str) -> Callable[[type], type]:
-        def wrap(cls: type) -> type:
+    def _register(self, kind: str, name: str) -> Callable[[Any], Any]:
+        def wrap(component: Any) -> Any:
             table = self.mapping[kind]
-            if name in table and table[name] is not cls:
+            if name in table and table[name] is not component:
                 raise KeyError(f"a {kind} named {name!r} is already registered")
-            table[name] = cls
-            return cls
+            table[name] = component
+            return component
 
         return wrap
 
@@ -55,28 +55,69 @@ class Registry:
             raise UnknownComponentError(f"no {kind.replace('_', ' ')} named {name!r} (known: {known})")
         return found
 
-    # free-form state (the running config, ...), as MMF's registry.register/get
-    def register(self, name: str, obj: Any) -> None:
-        self.mapping["state"][name] = obj
+    # ------------------------------------------------------------ registration
 
-    def get(self, name: str, default: Any = None) -> Any:
-        return self.mapping["state"].get(name, default)
+    def register_model(self, name: str) -> Callable[[Any], Any]:
+        return self._register("model", name)
 
+    def register_encoder(self, name: str) -> Callable[[Any], Any]:
+        return self._register("encoder", name)
 
-def _add_kind_methods(kind: str) -> None:
-    def register_fn(self: Registry, name: str) -> Callable[[type], type]:
-        return self._register(kind, name)
+    def register_processor(self, name: str) -> Callable[[Any], Any]:
+        return self._register("processor", name)
 
-    def get_fn(self: Registry, name: str) -> Any:
-        return self._get(kind, name)
+    def register_builder(self, name: str) -> Callable[[Any], Any]:
+        return self._register("builder", name)
 
-    register_fn.__name__ = f"register_{kind}"
-    get_fn.__name__ = f"get_{kind}_class"
-    setattr(Registry, register_fn.__name__, register_fn)
-    setattr(Registry, get_fn.__name__, get_fn)
+    def register_transformer_backend(self, name: str) -> Callable[[Any], Any]:
+        return self._register("transformer_backend", name)
 
+    def register_transformer_head(self, name: str) -> Callable[[Any], Any]:
+        return self._register("transformer_head", name)
 
-for _kind in Registry.KINDS:
-    _add_kind_methods(_kind)
+    def register_loss(self, name: str) -> Callable[[Any], Any]:
+        return self._register("loss", name)
+
+    def register_metric(self, name: str) -> Callable[[Any], Any]:
+        return self._register("metric", name)
+
+    def register_optimizer(self, name: str) -> Callable[[Any], Any]:
+        return self._register("optimizer", name)
+
+    def register_scheduler(self, name: str) -> Callable[[Any], Any]:
+        return self._register("scheduler", name)
+
+    # ------------------------------------------------------------------ lookup
+
+    def get_model_class(self, name: str) -> Any:
+        return self._get("model", name)
+
+    def get_encoder_class(self, name: str) -> Any:
+        return self._get("encoder", name)
+
+    def get_processor_class(self, name: str) -> Any:
+        return self._get("processor", name)
+
+    def get_builder_class(self, name: str) -> Any:
+        return self._get("builder", name)
+
+    def get_transformer_backend_class(self, name: str) -> Any:
+        return self._get("transformer_backend", name)
+
+    def get_transformer_head_class(self, name: str) -> Any:
+        return self._get("transformer_head", name)
+
+    def get_loss_class(self, name: str) -> Any:
+        return self._get("loss", name)
+
+    def get_metric_class(self, name: str) -> Any:
+        return self._get("metric", name)
+
+    def get_optimizer_class(self, name: str) -> Any:
+        return self._get("optimizer", name)
+
+    def get_scheduler_class(self, name: str) -> Any:
+        return self._get("scheduler", name)
+
 
 registry = Registry()

@@ -117,7 +117,6 @@ def build_config(
     except Exception as error:  # omegaconf raises several error types here
         raise ConfigError(f"cannot resolve the config: {error}") from error
     final = OmegaConf.create(resolved)
-    registry.register("config", final)
     return final
 
 

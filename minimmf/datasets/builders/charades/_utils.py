@@ -1,5 +1,6 @@
 """Charades helpers shared by the dataset, the scripts and the handler:
-reading the annotations, the action-labels CSV, and decoding one clip.
+where a dataset's files are (from ``dataset_config.charades``), reading the
+annotations and the action-labels CSV, and decoding one clip.
 
 Clip selection follows MMF's ``CharadesVideoClips``: ``frames_per_clip``
 frames at indices ``round(linspace(0, n - 1, frames_per_clip))`` over the
@@ -16,14 +17,18 @@ import ast
 import io
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import av
 import numpy as np
 import pandas as pd
 import torch
+from omegaconf import OmegaConf
+
+from minimmf.utils.general import get_minimmf_root
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +211,46 @@ def make_charades_df(csv_path: str | os.PathLike, video_dir: str | os.PathLike,
                            csv_path, int((~exists).sum()), len(df), video_dir)
         df = df[exists].reset_index(drop=True)
     return df
+
+
+@dataclass(frozen=True)
+class CharadesLayout:
+    """Where a Charades dataset's files are, as ``dataset_config.charades``
+    says: per split, its annotation CSVs and the folders of their videos."""
+
+    annotations: Mapping[str, list[Path]]
+    videos: Mapping[str, list[Path]]
+    classes_file: Path
+
+    @classmethod
+    def from_config(cls, dataset_config: Any) -> CharadesLayout:
+        root = Path(str(dataset_config.data_dir))
+        return cls(
+            annotations={split: [root / str(f) for f in files] for split, files in dataset_config.annotations.items()},
+            videos={split: [root / str(d) for d in dirs] for split, dirs in dataset_config.videos.items()},
+            classes_file=root / str(dataset_config.classes_file),
+        )
+
+    @classmethod
+    def default(cls, data_dir: str | os.PathLike) -> CharadesLayout:
+        """The layout of minimmf's Charades defaults with ``env.data_dir=data_dir``."""
+        defaults = OmegaConf.load(get_minimmf_root() / "configs" / "datasets" / "charades" / "defaults.yaml")
+        config = OmegaConf.merge({"env": {"data_dir": str(data_dir)}}, defaults)
+        return cls.from_config(config.dataset_config.charades)
+
+    def splits(self) -> list[str]:
+        return list(self.annotations)
+
+    def read_split(self, split: str, require_videos: bool = True) -> pd.DataFrame:
+        """Every annotation file of ``split``, concatenated (MMF reads them all)."""
+        if split not in self.annotations:
+            raise ValueError(f"charades has no {split!r} split; splits: {self.splits()}")
+        if len(self.annotations[split]) != len(self.videos.get(split, [])):
+            raise ValueError(f"charades split {split!r} lists {len(self.annotations[split])} annotation file(s) "
+                             f"but {len(self.videos.get(split, []))} video folder(s); give one folder per file")
+        frames = [make_charades_df(csv_path, video_dir, self.classes_file, require_videos)
+                  for csv_path, video_dir in zip(self.annotations[split], self.videos[split], strict=True)]
+        return pd.concat(frames, ignore_index=True)
 
 
 def write_action_labels_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import torch
@@ -13,13 +12,14 @@ from torch.utils.data import Dataset
 
 from minimmf.common.sample import Sample
 from minimmf.datasets.builders.charades._utils import (
+    CharadesLayout,
     DecodedClip,
     VideoDecodeError,
     VideoSource,
     decode_clip,
-    make_charades_df,
     read_classes_file,
 )
+from minimmf.serving.answers import labels_above
 from minimmf.utils.build import build_processors
 
 logger = logging.getLogger(__name__)
@@ -56,25 +56,18 @@ class CharadesSampleMaker:
 class CharadesDataset(Dataset):
     dataset_name = "charades"
 
-    def __init__(self, config: DictConfig, dataset_type: str, imdb_file_index: int = 0):
+    def __init__(self, config: DictConfig, dataset_type: str):
         super().__init__()
-        if dataset_type not in config.annotations:
-            raise ValueError(f"charades has no {dataset_type!r} split; splits: {list(config.annotations)}")
         self.config = config
         self.dataset_type = dataset_type
         self.frames_per_clip = int(config.get("frames_per_clip", 16))
         self.prediction_threshold = float(config.get("prediction_threshold", 0.5))
-        data_dir = config.data_dir
-        classes_file = os.path.join(data_dir, config.classes_file)
+        self.layout = CharadesLayout.from_config(config)
         # class index = alphabetical order of the class names, the same in every split
-        self.classes = sorted(read_classes_file(classes_file).values())
+        self.classes = sorted(read_classes_file(self.layout.classes_file).values())
         self.idx_to_class = self.classes
         self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
-        self.df = make_charades_df(
-            csv_path=os.path.join(data_dir, config.annotations[dataset_type][imdb_file_index]),
-            video_dir=os.path.join(data_dir, config.videos[dataset_type][imdb_file_index]),
-            classes_file=classes_file,
-        )
+        self.df = self.layout.read_split(dataset_type)
         self.init_processors()
 
     def init_processors(self) -> None:
@@ -103,9 +96,7 @@ class CharadesDataset(Dataset):
         return sample
 
     def format_for_prediction(self, ids: list[Any], scores: torch.Tensor) -> list[dict[str, Any]]:
-        """MMF's prediction format: the labels whose sigmoid passes the threshold."""
-        above = torch.sigmoid(scores) > self.prediction_threshold
-        return [
-            {"id": item_id, "labels": [self.idx_to_class[i] for i in row.nonzero().flatten().tolist()]}
-            for item_id, row in zip(ids, above, strict=True)
-        ]
+        """MMF's prediction format: the labels whose sigmoid reaches the threshold."""
+        probabilities = torch.sigmoid(scores.float())
+        return [{"id": item_id, "labels": labels_above(row, self.classes, self.prediction_threshold)}
+                for item_id, row in zip(ids, probabilities, strict=True)]

@@ -1,0 +1,48 @@
+"""From per-class probabilities to answers: the one rule that turns scores
+into labels (serving and dataset predictions alike), the JSON answer of a
+request, and its KServe v2 envelope."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+def labels_above(probabilities: torch.Tensor, classes: Sequence[str], threshold: float) -> list[str]:
+    """The classes whose probability reaches ``threshold`` (inclusive), most probable first."""
+    order = torch.argsort(probabilities, descending=True, stable=True).tolist()
+    return [classes[i] for i in order if probabilities[i] >= threshold]
+
+
+def build_answer(probabilities: torch.Tensor, classes: Sequence[str], threshold: float, top_k: int,
+                 expected: list[str] | None) -> dict[str, Any]:
+    """One request's JSON answer: ``labels``, ``scores`` (the ``top_k`` highest,
+    0 = all), ``threshold``, and with expected labels ``found``/``missed``/``unknown_labels``."""
+    labels = labels_above(probabilities, classes, threshold)
+    order = torch.argsort(probabilities, descending=True, stable=True).tolist()
+    answer: dict[str, Any] = {
+        "labels": labels,
+        "scores": {classes[i]: round(float(probabilities[i]), 6) for i in order[: top_k or len(classes)]},
+        "threshold": threshold,
+    }
+    if expected is not None:
+        known = set(classes)
+        answer["expected_labels"] = expected
+        answer["found"] = [label for label in expected if label in labels]
+        answer["missed"] = [label for label in expected if label in known and label not in labels]
+        answer["unknown_labels"] = [label for label in expected if label not in known]
+    return answer
+
+
+def v2_response(answer: dict[str, Any], request_id: str | None, model_name: str,
+                model_version: str | None) -> dict[str, Any]:
+    """A KServe v2 inference response whose one output, ``predictions``, is the JSON answer."""
+    return {
+        "id": request_id,
+        "model_name": model_name,
+        "model_version": model_version,
+        "outputs": [{"name": "predictions", "datatype": "BYTES", "shape": [1], "data": [json.dumps(answer)]}],
+    }

@@ -1,0 +1,84 @@
+"""The handler's settings: model-config.yaml's ``handler:`` section, checked
+once when the worker starts, then read as plain typed attributes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+PRECISIONS = ("fp32", "bf16")
+
+
+class SettingsError(ValueError):
+    """A ``handler:`` setting in model-config.yaml is unknown or has a bad value."""
+
+
+@dataclass(frozen=True)
+class HandlerSettings:
+    # labels at or above this probability are returned; None = the config's prediction_threshold
+    threshold: float | None = None
+    # how many class scores an answer holds, highest first; 0 = all of them
+    top_k: int = 0
+    max_video_bytes: int = 200 * 1024 * 1024
+    max_script_chars: int = 20_000
+    # channels-last convolution weights: the same fp32 answers (to ~1e-6), faster kernels
+    channels_last: bool = True
+    # opt-in modes that change the answers slightly (bench/precision.py measures them)
+    precision: str = "fp32"
+    quantize_bert: bool = False
+
+    @classmethod
+    def from_model_yaml(cls, model_yaml_config: Mapping[str, Any] | None) -> HandlerSettings:
+        """The settings of model-config.yaml's ``handler:`` section (defaults for absent keys)."""
+        section = (model_yaml_config or {}).get("handler") or {}
+        if not isinstance(section, Mapping):
+            raise SettingsError(f"model-config.yaml: 'handler' must be a mapping of settings, got {section!r}")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(section) - set(known))
+        if unknown:
+            raise SettingsError(f"model-config.yaml: unknown handler setting(s) {unknown}; known: {sorted(known)}")
+        values = {name: _checked(name, value, known[name].type) for name, value in section.items()}
+        settings = cls(**values)
+        settings._check_combinations()
+        return settings
+
+    def _check_combinations(self) -> None:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise SettingsError(f"handler.threshold must be a probability in [0, 1] or null, not {self.threshold}")
+        if self.precision not in PRECISIONS:
+            raise SettingsError(f"handler.precision must be one of {PRECISIONS}, not {self.precision!r}")
+        if self.quantize_bert and self.precision != "fp32":
+            raise SettingsError("handler.quantize_bert works with precision fp32 only (int8 kernels take fp32 input)")
+        if self.top_k < 0:
+            raise SettingsError(f"handler.top_k must be >= 0, not {self.top_k}")
+        for name in ("max_video_bytes", "max_script_chars"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"handler.{name} must be > 0, not {getattr(self, name)}")
+
+
+def _checked(name: str, value: Any, annotation: str) -> Any:
+    """``value`` as the type the field's annotation names, or a SettingsError naming the setting."""
+    optional = annotation.endswith("| None")
+    if value is None:
+        if optional:
+            return None
+        raise SettingsError(f"handler.{name} must not be null")
+    base = annotation.removesuffix("| None").strip()
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+    elif base == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif base == "str":
+        if isinstance(value, str):
+            return value
+    else:  # a field type this checker does not know: a programming error, not a user's
+        raise TypeError(f"HandlerSettings.{name}: unsupported annotation {annotation!r}")
+    raise SettingsError(f"handler.{name} must be {'a ' + base if base != 'int' else 'an int'}"
+                        f"{' or null' if optional else ''}, not {value!r}")
