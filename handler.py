@@ -6,7 +6,11 @@ or ``info`` (an info.json instead of the last two); or a KServe v2 body with
 inputs of those names. The answer is a JSON object: the labels at or above
 the threshold, the class probabilities and, with labels sent, which were
 found. A bad request gets HTTP 400 ``{"code": 400, "error": "..."}`` alone;
-the rest of its batch is answered.
+the rest of its batch is answered. Each request of a batch is handled on its
+own: a describe request (``GET /models/<name>?customized=true``) gets the
+model's description and an explanation request 501, beside the others'
+predictions (TorchServe's ``BaseHandler`` decides for the whole batch from
+its first request).
 
 The work is done by ``minimmf.serving`` (settings, request parsing, the
 predictor, answers); this file is the TorchServe glue. The archive holds the
@@ -57,10 +61,24 @@ class MMFHandler(BaseHandler):
                     time.perf_counter() - started, self.predictor.device, len(self.predictor.classes),
                     self.predictor.threshold, minimmf.__version__, torch.__version__)
 
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
+        """Every request of the batch through the hooks, each answered on its own."""
+        started = time.perf_counter()
+        self.context = context
+        output = self.postprocess(self.inference(self.preprocess(data)))
+        self._add_time("HandlerTime", time.perf_counter() - started)
+        return output
+
     def preprocess(self, data: list[dict[str, Any]]) -> PreparedBatch:
         """Parse and decode each request; a failure is kept as that request's answer."""
         batch, decode_seconds, started = PreparedBatch(size=len(data)), 0.0, time.perf_counter()
         for index, request in enumerate(data):
+            if self._header(index, "describe"):
+                batch.describe.add(index)
+                continue
+            if self._header(index, "explain"):
+                batch.errors[index] = (501, "this model gives no explanations; send the request to /predictions")
+                continue
             with batch.catch(index):
                 parsed = parse_request(request, self.settings)
                 decode_started = time.perf_counter()
@@ -84,33 +102,15 @@ class MMFHandler(BaseHandler):
     def postprocess(self, inference_output: tuple[PreparedBatch, torch.Tensor | None]) -> list[dict[str, Any]]:
         """One answer per request, in order: its error, or its JSON (v2-wrapped for v2 requests)."""
         batch, probabilities = inference_output
-        return [self._error(index, *batch.errors[index]) if index in batch.errors
+        return [self.describe_handle() if index in batch.describe
+                else self._error(index, *batch.errors[index]) if index in batch.errors
                 else self._answer(index, batch, probabilities) for index in range(batch.size)]
 
     def describe_handle(self) -> dict[str, Any]:
         """``GET /models/<name>?customized=true``: labels, settings, config summary, versions."""
-        predictor = self.predictor
-        model_config = predictor.config.model_config[predictor.config.model]
-        bert = predictor.model.backend.transformer_config
-        return {
-            "model": "MMFTransformer (text + video + audio)",
-            "labels": predictor.classes,
-            "threshold": predictor.threshold,
-            "top_k": self.settings.top_k,
-            "device": str(predictor.device),
-            "config": {
-                "transformer_base": model_config.transformer_base,
-                "hidden_size": bert.hidden_size,
-                "num_hidden_layers": bert.num_hidden_layers,
-                "modalities": [{"key": m.key, "encoder": m.get("encoder", {}).get("type", "identity")}
-                               for m in model_config.modalities],
-                "frames_per_clip": predictor.frames_per_clip,
-                "max_seq_length": int(predictor.config.dataset_config[DATASET].processors.text_processor.params
-                                      .max_seq_length),
-            },
-            "versions": {"minimmf": minimmf.__version__, "torch": torch.__version__,
-                         "transformers": transformers.__version__},
-        }
+        return {**self.predictor.describe(), "top_k": self.settings.top_k,
+                "versions": {"minimmf": minimmf.__version__, "torch": torch.__version__,
+                             "transformers": transformers.__version__}}
 
     def _answer(self, index: int, batch: PreparedBatch, probabilities: torch.Tensor) -> dict[str, Any]:
         request = batch.requests[index]
@@ -123,8 +123,13 @@ class MMFHandler(BaseHandler):
                            model.get("modelName", "MMF_model"), model.get("modelVersion"))
 
     def _error(self, index: int, status: int, message: str) -> dict[str, Any]:
+        if status < 500:  # the reason only: messages never quote the request's content
+            logger.warning("request %s answered %d: %s", self.context.get_request_id(index), status, message)
         self.context.set_response_status(code=status, phrase=message[:200], idx=index)
         return {"code": status, "error": message}
+
+    def _header(self, index: int, name: str) -> bool:
+        return self.context.get_request_header(index, name) == "True"
 
     def _add_time(self, name: str, seconds: float) -> None:
         metrics = getattr(getattr(self, "context", None), "metrics", None)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from minimmf.datasets.builders.charades._utils import (
+from minimmf.datasets.builders.charades.video_clips import (
     VideoDecodeError,
     clip_frame_indices,
     count_video_frames,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 
 import pytest
 import torch
@@ -204,3 +205,105 @@ def test_bad_settings_fail_at_start_naming_the_setting(model_dir, settings, mess
     with pytest.raises(SettingsError) as error:
         load_handler(model_dir, {"handler": settings})
     assert message in str(error.value)
+
+
+# ------------------------------------------------------------ hostile input
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory) -> dict[str, bytes]:
+    from minimmf.serving import hostile_inputs
+
+    folder = tmp_path_factory.mktemp("hostile")
+    return {
+        "huge_frame": hostile_inputs.huge_frame_video(folder / "huge.mp4").read_bytes(),
+        "declared_frames": hostile_inputs.many_frames_video(folder / "many.mp4", frames=50_000).read_bytes(),
+        "counted_frames": hostile_inputs.many_frames_video(folder / "many.ts", frames=20_000).read_bytes(),
+        "resolution_change": hostile_inputs.resolution_change_video(folder / "switch.ts").read_bytes(),
+        "sample_table_bomb": hostile_inputs.sample_table_bomb(folder / "bomb.mp4").read_bytes(),
+        "ffconcat": hostile_inputs.ffconcat_list(),
+    }
+
+
+HOSTILE_VIDEOS = [
+    ("huge_frame", "handler.max_frame_pixels"),
+    ("declared_frames", "handler.max_frames"),
+    ("counted_frames", "handler.max_frames"),
+    ("sample_table_bomb", "handler.max_frames"),
+    ("ffconcat", "not a readable video container"),
+]
+
+
+@pytest.fixture(scope="module")
+def roomy(model_dir):
+    """The handler with the default byte limit (200 MB): the other limits must hold on their own."""
+    return load_handler(model_dir)
+
+
+@pytest.mark.parametrize("name, message", HOSTILE_VIDEOS)
+def test_hostile_videos_get_400_naming_the_limit(roomy, test_videos, hostile, name, message):
+    handler, context = roomy
+    video, script = test_videos[0]
+    results = handle(handler, context, [form(hostile[name], script), form(video, script)])
+    (status, body), (good_status, _) = results
+    assert (status, good_status) == (400, 200), body
+    assert message in body["error"]
+
+
+def test_a_resolution_change_mid_stream_is_served(served, hostile):
+    handler, context = served
+    (status, body), = handle(handler, context, [form(hostile["resolution_change"], "a script")])
+    assert status == 200 and body["labels"] == [n for n, p in body["scores"].items() if p >= body["threshold"]]
+
+
+HOSTILE_FIELDS = [
+    ({"info": bytearray(b"[" * 100_000 + b"]" * 100_000)}, "handler.max_json_depth"),
+    ({"info": bytearray(b"[" * 200_000 + b"]" * 200_000)}, "handler.max_json_bytes"),
+    ({"info": bytearray(json.dumps({"script": "x" * 300_000}).encode())}, "handler.max_json_bytes"),
+    ({"script": bytearray(b"s"), "labels": bytearray(json.dumps([f"L{i}" for i in range(201)]).encode())},
+     "handler.max_labels"),
+    ({"script": bytearray(b"s"), "labels": bytearray(json.dumps([f"Label {i}" for i in range(400_000)]).encode())},
+     "handler.max_json_bytes"),
+    ({"script": bytearray(b"x" * 20_001)}, "handler.max_script_chars"),
+    ({"script": bytearray(b"s"), "labels": bytearray(b"[1, 2]")}, "JSON list of action names"),
+    ({"info": bytearray(b'{"script": 7}')}, "field 'script' must be text"),
+]
+
+
+@pytest.mark.parametrize("fields, message", HOSTILE_FIELDS)
+def test_hostile_fields_get_400_naming_the_limit(served, test_videos, fields, message):
+    handler, context = served
+    video, script = test_videos[0]
+    (status, body), (good_status, _) = handle(handler, context, [{"data": bytearray(video), **fields},
+                                                                 form(video, script)])
+    assert (status, good_status) == (400, 200), body
+    assert message in body["error"]
+
+
+def test_answers_echo_no_more_than_the_requests_labels(served, test_videos):
+    handler, context = served
+    video, script = test_videos[0]
+    labels = [handler.predictor.classes[0], "Juggling"] * 50
+    (status, body), = handle(handler, context, [form(video, script, labels=bytearray(json.dumps(labels).encode()))])
+    assert status == 200 and body["expected_labels"] == labels
+    assert len(body["found"]) + len(body["missed"]) + len(body["unknown_labels"]) == len(labels)
+
+
+def test_describe_and_explain_are_answered_per_request(served, test_videos):
+    handler, context = served
+    video, script = test_videos[0]
+    results = handle(handler, context, [form(video, script), {"body": b""}, form(video, script), form(video, script)],
+                     headers=[{}, {"describe": "True"}, {"explain": "True"}, {}])
+    statuses = [status for status, _ in results]
+    assert statuses == [200, 200, 501, 200]
+    assert results[1][1]["labels"] == handler.predictor.classes and "versions" in results[1][1]
+    assert results[0][1] == results[3][1] and "labels" in results[0][1]
+    assert "no explanations" in results[2][1]["error"]
+
+
+def test_bad_requests_are_logged_with_their_request_id_and_reason(served, caplog):
+    handler, context = served
+    with caplog.at_level(logging.WARNING):
+        handle(handler, context, [{"data": bytearray(b"secret content " * 20), "script": bytearray(b"s")}])
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "answered 400" in r.getMessage()]
+    assert len(warnings) == 1 and "req0" in warnings[0].getMessage()
+    assert "secret content" not in warnings[0].getMessage()

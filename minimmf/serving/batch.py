@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from minimmf.common.sample import Sample, SampleList
-from minimmf.datasets.builders.charades._utils import VideoDecodeError
+from minimmf.datasets.builders.charades.video_clips import VideoDecodeError
 from minimmf.serving.inputs import BadRequest, ParsedRequest
 
 logger = logging.getLogger(__name__)
@@ -22,6 +22,7 @@ class PreparedBatch:
     requests: dict[int, ParsedRequest] = field(default_factory=dict)  # usable requests by index
     samples: list[Sample] = field(default_factory=list)  # one per usable request, in index order
     errors: dict[int, tuple[int, str]] = field(default_factory=dict)  # index -> (HTTP status, message)
+    describe: set[int] = field(default_factory=set)  # requests for the model's description
 
     @contextlib.contextmanager
     def catch(self, index: int) -> Iterator[None]:

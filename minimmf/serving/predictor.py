@@ -15,8 +15,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from minimmf.common.sample import Sample, SampleList
-from minimmf.datasets.builders.charades._utils import DecodedClip, read_action_labels
+from minimmf.datasets.builders.charades._utils import read_action_labels
 from minimmf.datasets.builders.charades.dataset import CharadesSampleMaker
+from minimmf.datasets.builders.charades.video_clips import DecodedClip, DecodeLimits
 from minimmf.datasets.processors.bert_processors import VOCAB_FILE_NAME
 from minimmf.serving.settings import HandlerSettings
 from minimmf.utils.build import build_model, build_processors
@@ -116,8 +117,10 @@ class Predictor:
         model.load_state_dict(state_dict)
         self.model = prepare_for_serving(model, device, settings)
         self.frames_per_clip = int(dataset_config.get("frames_per_clip", 16))
+        limits = DecodeLimits(settings.max_frame_pixels, settings.max_frames, settings.max_decode_seconds,
+                              setting_prefix="handler.")
         self.sample_maker = CharadesSampleMaker(build_processors(dataset_config.processors), "test",
-                                                self.frames_per_clip)
+                                                self.frames_per_clip, limits)
         default_threshold = float(dataset_config.get("prediction_threshold", 0.5))
         self.threshold = settings.threshold if settings.threshold is not None else default_threshold
 
@@ -137,6 +140,27 @@ class Predictor:
     def sample(self, clip: DecodedClip, script: str) -> Sample:
         """The model inputs of a decoded clip and its script, as evaluation makes them."""
         return self.sample_maker.from_clip(clip, script)
+
+    def describe(self) -> dict[str, Any]:
+        """The model in brief: its labels, threshold, device and the config's main sizes."""
+        model_config = self.config.model_config[self.config.model]
+        bert = self.model.backend.transformer_config
+        text_params = self.config.dataset_config[DATASET].processors.text_processor.params
+        return {
+            "model": "MMFTransformer (text + video + audio)",
+            "labels": self.classes,
+            "threshold": self.threshold,
+            "device": str(self.device),
+            "config": {
+                "transformer_base": model_config.transformer_base,
+                "hidden_size": bert.hidden_size,
+                "num_hidden_layers": bert.num_hidden_layers,
+                "modalities": [{"key": m.key, "encoder": m.get("encoder", {}).get("type", "identity")}
+                               for m in model_config.modalities],
+                "frames_per_clip": self.frames_per_clip,
+                "max_seq_length": int(text_params.max_seq_length),
+            },
+        }
 
     def predict(self, samples: SampleList) -> torch.Tensor:
         """Per-class probabilities (batch, classes), float32 on the CPU."""

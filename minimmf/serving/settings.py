@@ -21,8 +21,17 @@ class HandlerSettings:
     threshold: float | None = None
     # how many class scores an answer holds, highest first; 0 = all of them
     top_k: int = 0
+    # what one request may make the worker do (see README, "Bounded input"): bytes in, ...
     max_video_bytes: int = 200 * 1024 * 1024
+    # ... pixels per frame (1080p), frames (10 min at 30 fps) and decoding time per video, ...
+    max_frame_pixels: int = 1920 * 1080
+    max_frames: int = 18_000
+    max_decode_seconds: float = 20.0
+    # ... and the size of the text fields
     max_script_chars: int = 20_000
+    max_json_bytes: int = 256 * 1024
+    max_json_depth: int = 16
+    max_labels: int = 200
     # channels-last convolution weights: the same fp32 answers (to ~1e-6), faster kernels
     channels_last: bool = True
     # opt-in modes that change the answers slightly (bench/precision.py measures them)
@@ -53,7 +62,8 @@ class HandlerSettings:
             raise SettingsError("handler.quantize_bert works with precision fp32 only (int8 kernels take fp32 input)")
         if self.top_k < 0:
             raise SettingsError(f"handler.top_k must be >= 0, not {self.top_k}")
-        for name in ("max_video_bytes", "max_script_chars"):
+        for name in ("max_video_bytes", "max_frame_pixels", "max_frames", "max_decode_seconds", "max_script_chars",
+                     "max_json_bytes", "max_json_depth", "max_labels"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"handler.{name} must be > 0, not {getattr(self, name)}")
 

@@ -47,7 +47,8 @@ def handle(handler: Any, context: Context, requests: list[dict[str, Any]],
            headers: list[dict[str, str]] | None = None) -> list[tuple[int, Any]]:
     """One batch through ``handler.handle``: (HTTP status, body) per request."""
     context.request_processor = [RequestProcessor(h) for h in (headers or [{} for _ in requests])]
-    context.metrics.set_request_ids({i: f"req{i}" for i in range(len(requests))})
+    context.request_ids = {i: f"req{i}" for i in range(len(requests))}  # as TorchServe's worker sets them
+    context.metrics.set_request_ids(context.request_ids)
     outputs = handler.handle(requests, context)
     statuses = [context.get_response_status(i)[0] or 200 for i in range(len(requests))]
     return list(zip(statuses, outputs, strict=True))

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -14,18 +15,20 @@ import numpy as np
 AUDIO_CHUNK = 1024  # samples per encoded audio frame (codecs with a fixed size override it)
 
 
-def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray] | None, fps: float = 30,
+def write_video(target: str | os.PathLike | BinaryIO, frames: Iterable[np.ndarray] | None, fps: float = 30,
                 audio: np.ndarray | None = None, audio_rate: int = 16000, video_codec: str = "libx264",
                 audio_codec: str = "aac", pix_fmt: str = "yuv420p",
-                video_options: dict[str, str] | None = None, container_format: str | None = None) -> Path:
+                video_options: dict[str, str] | None = None,
+                container_format: str | None = None) -> Path | BinaryIO:
     """Encode ``frames`` (H x W x 3 uint8 RGB arrays, all the same size) and
     ``audio`` ((channels, samples) float32 in [-1, 1], 1 or 2 channels) into
-    ``path``. Either may be None (an audio-only or a silent file); the
-    container comes from the file name unless ``container_format`` names it."""
-    path = Path(path)
+    ``target``, a path (returned as a Path) or a binary file object (returned
+    as is). Either may be None (an audio-only or a silent file); the container
+    comes from the file name unless ``container_format`` names it."""
+    target = target if hasattr(target, "write") else Path(target)
     frame_iterator: Iterator[np.ndarray] = iter(frames if frames is not None else ())
     first_frame = next(frame_iterator, None)
-    with av.open(str(path), mode="w", format=container_format) as container:
+    with av.open(target if hasattr(target, "write") else str(target), mode="w", format=container_format) as container:
         video_stream = None
         if first_frame is not None:
             video_stream = container.add_stream(video_codec, rate=Fraction(fps).limit_denominator(1000))
@@ -42,7 +45,7 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray] | None, fp
             _mux(container, video_stream.encode())
         if audio_stream is not None:
             _encode_audio(container, audio_stream, audio, audio_rate)
-    return path
+    return target
 
 
 def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:

@@ -135,15 +135,36 @@ def build_video_transform(name: str, params: Any) -> Any:
     return OnFrames(instantiate(image_transform, params))
 
 
+def acts_on_each_frame_alone(transform: Any) -> bool:
+    """True for a transform that treats every frame on its own and the same
+    way each time: the uint8 -> float conversion and resizing."""
+    if isinstance(transform, PermuteAndRescale):
+        return True
+    return isinstance(transform, OnFrames) and isinstance(transform.transform, tv_transforms.Resize)
+
+
 @registry.register_processor("video_transforms")
 class VideoTransforms(BaseProcessor):
     def __init__(self, config: Any, *args: Any, **kwargs: Any):
         super().__init__()
-        self.transform = tv_transforms.Compose(
-            [build_video_transform(name, params) for name, params in transform_specs(config.transforms)]
-        )
+        self.transforms = [build_video_transform(name, params) for name, params in transform_specs(config.transforms)]
+        self.transform = tv_transforms.Compose(self.transforms)
 
     def __call__(self, x: Any) -> Any:
         if isinstance(x, collections.abc.Mapping):
             return {"video": self.transform(x["video"])}
         return self.transform(x)
+
+    def split_per_frame(self) -> tuple[tv_transforms.Compose, tv_transforms.Compose] | None:
+        """(per-frame part, rest) of the pipeline: its leading transforms that
+        act on each frame alone, starting with ``permute_and_rescale``, and the
+        others. The first applied to each (1, H, W, 3) frame and the second to
+        the frames concatenated along time give what the whole pipeline gives
+        for the clip, without ever holding the full-size clip as floats. None
+        when the pipeline does not start that way."""
+        if not self.transforms or not isinstance(self.transforms[0], PermuteAndRescale):
+            return None
+        count = 1
+        while count < len(self.transforms) and acts_on_each_frame_alone(self.transforms[count]):
+            count += 1
+        return tv_transforms.Compose(self.transforms[:count]), tv_transforms.Compose(self.transforms[count:])

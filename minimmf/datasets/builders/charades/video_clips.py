@@ -1,0 +1,302 @@
+"""Decoding the clip MMF's Charades dataset takes from a video, in one
+streaming pass with PyAV, bounded for untrusted input.
+
+Clip selection follows MMF's ``CharadesVideoClips``: ``frames_per_clip``
+frames at indices ``round(linspace(0, n - 1, frames_per_clip))`` over the
+whole video, ``n`` being its number of video packets with a timestamp. The
+frames are decoded in order with FFmpeg's threading; only the kept ones are
+converted to RGB, each at once handed to ``frame_transform`` (the sample
+maker resizes it to the model's input size there), so memory does not grow
+with the video's length or frame size. Audio is decoded only up to the
+number of samples the audio pipeline looks at.
+
+Untrusted input (``DecodeLimits``): only real video containers are opened
+(``ALLOWED_CONTAINERS``); an MP4's sample tables are read before FFmpeg
+builds its index from them; the frame size, the frame count and the
+wall-clock time are checked before and while decoding. A frame whose size
+differs from the first frame's (a resolution change mid-stream) is scaled
+to the first frame's size.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import av
+import numpy as np
+import torch
+
+from minimmf.utils.mp4 import MalformedMp4Error, declared_samples, looks_like_mp4
+
+logger = logging.getLogger(__name__)
+
+VideoSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
+FrameTransform = Callable[[np.ndarray], torch.Tensor]
+
+# FFmpeg demuxers for real video containers; anything else (playlists, concat
+# lists, images, raw streams, ...) is refused before it can open other files
+ALLOWED_CONTAINERS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "mpegts", "mpeg", "flv",
+                      "asf", "ogg")
+CONTAINER_HINT = "send an mp4/mov, mkv/webm, avi, mpeg-ts, flv, wmv or ogg video"
+# declared samples of all tracks (audio runs at ~47 frames/s) per allowed video frame
+SAMPLES_PER_FRAME = 16
+
+
+class VideoDecodeError(ValueError):
+    """The input cannot be decoded as a video; the message says why."""
+
+
+class VideoLimitError(VideoDecodeError):
+    """The video is over one of the ``DecodeLimits``; the message names it."""
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds on the work one untrusted video may cause (None: unbounded).
+    ``setting_prefix`` names where the limits are set, for the messages."""
+
+    max_frame_pixels: int | None = None
+    max_frames: int | None = None
+    max_seconds: float | None = None
+    setting_prefix: str = ""
+
+    def over(self, what: str, value: str, limit: int | float, setting: str) -> VideoLimitError:
+        return VideoLimitError(f"{what} {value}, over the limit of {limit:,} ({self.setting_prefix}{setting})")
+
+
+UNBOUNDED = DecodeLimits()
+
+
+@dataclass
+class DecodedClip:
+    video: torch.Tensor  # the kept frames stacked: (frames_per_clip, H, W, 3) uint8 RGB, or frame_transform's output
+    audio: torch.Tensor  # (channels, samples) float32 in [-1, 1]; (1, 0) without audio
+    audio_sample_rate: int | None
+    num_video_frames: int  # frames in the whole video
+    video_fps: float | None
+
+
+def clip_frame_indices(num_frames: int, frames_per_clip: int) -> list[int]:
+    """MMF's evenly spaced frame indices (repeats when the video is short)."""
+    return torch.round(torch.linspace(0, num_frames - 1, frames_per_clip)).long().tolist()
+
+
+class _Deadline:
+    def __init__(self, limits: DecodeLimits):
+        self.limits = limits
+        self.ends = time.monotonic() + limits.max_seconds if limits.max_seconds is not None else None
+
+    def check(self) -> None:
+        if self.ends is not None and time.monotonic() > self.ends:
+            raise self.limits.over("decoding the video took", f"over {self.limits.max_seconds:g} s",
+                                   self.limits.max_seconds, "max_decode_seconds")
+
+
+def _as_input(source: VideoSource) -> str | BinaryIO:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise VideoDecodeError("the video is empty (0 bytes)")
+        return io.BytesIO(bytes(source))
+    if hasattr(source, "seek"):
+        source.seek(0)
+        return source
+    if not Path(source).is_file():
+        raise VideoDecodeError(f"video file not found: {source}")
+    return str(source)
+
+
+def _open(source: VideoSource) -> av.container.InputContainer:
+    try:
+        return av.open(_as_input(source), mode="r", options={"format_whitelist": ",".join(ALLOWED_CONTAINERS)})
+    except av.FFmpegError as error:
+        raise VideoDecodeError(f"not a readable video container ({error}); {CONTAINER_HINT}") from error
+
+
+def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
+        raise VideoDecodeError(f"the file has no video stream (streams found: {kinds})")
+    return container.streams.video[0]
+
+
+def _check_declared_tables(source: VideoSource, limits: DecodeLimits) -> None:
+    """Refuse an MP4/QuickTime file whose sample tables declare more frames
+    than the limit, before FFmpeg allocates an index entry for each."""
+    if limits.max_frames is None:
+        return
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = memoryview(source)
+    elif isinstance(source, (str, os.PathLike)) and Path(source).is_file():
+        data = memoryview(Path(source).read_bytes())
+    else:
+        return
+    if not looks_like_mp4(data):
+        return
+    try:
+        declared = declared_samples(data)
+    except MalformedMp4Error as error:
+        raise VideoDecodeError(f"not a readable video container (broken MP4 boxes: {error}); {CONTAINER_HINT}") \
+            from None
+    if declared.video_frames > limits.max_frames:
+        raise limits.over("the video declares", f"{declared.video_frames:,} frames", limits.max_frames, "max_frames")
+    if declared.total > limits.max_frames * SAMPLES_PER_FRAME:
+        raise limits.over("the file's tracks declare", f"{declared.total:,} samples",
+                          limits.max_frames * SAMPLES_PER_FRAME, f"max_frames x {SAMPLES_PER_FRAME}")
+
+
+def _check_frame_size(width: int, height: int, limits: DecodeLimits) -> None:
+    if limits.max_frame_pixels is not None and width * height > limits.max_frame_pixels:
+        raise limits.over("the video's frames are", f"{width}x{height} ({width * height:,} pixels)",
+                          limits.max_frame_pixels, "max_frame_pixels")
+
+
+def _count_frames(source: VideoSource, limits: DecodeLimits, deadline: _Deadline) -> int:
+    """Video packets with a timestamp (what MMF counts as frames), checking
+    the declared frame size first and the count and time as it goes."""
+    with _open(source) as container:
+        stream = _video_stream(container)
+        _check_frame_size(stream.codec_context.width, stream.codec_context.height, limits)
+        count = 0
+        try:
+            for packet in container.demux(stream):
+                if packet.pts is None:
+                    continue
+                count += 1
+                if limits.max_frames is not None and count > limits.max_frames:
+                    raise limits.over("the video has", f"more than {limits.max_frames:,} frames", limits.max_frames,
+                                      "max_frames")
+                if count % 256 == 0:
+                    deadline.check()
+        except av.FFmpegError as error:
+            raise VideoDecodeError(f"the video is corrupted ({error})") from error
+        return count
+
+
+def count_video_frames(source: VideoSource, limits: DecodeLimits = UNBOUNDED) -> int:
+    """Video packets with a timestamp: what MMF counts as the video's frames."""
+    _check_declared_tables(source, limits)
+    return _count_frames(source, limits, _Deadline(limits))
+
+
+class _AudioCollector:
+    """Decoded audio as float32 (channels, samples), up to ``limit`` samples."""
+
+    def __init__(self, stream: av.audio.stream.AudioStream | None, limit: int | None):
+        self.stream, self.limit = stream, limit
+        self.chunks: list[np.ndarray] = []
+        self.collected = 0
+        if stream is not None:
+            self.resampler = av.AudioResampler(format="fltp", layout=stream.layout, rate=stream.rate)
+
+    @property
+    def done(self) -> bool:
+        return self.stream is None or (self.limit is not None and self.collected >= self.limit)
+
+    def add(self, packet: av.Packet) -> None:
+        for frame in packet.decode():
+            for converted in self.resampler.resample(frame):
+                chunk = converted.to_ndarray().astype(np.float32, copy=False)
+                self.chunks.append(chunk)
+                self.collected += chunk.shape[1]
+
+    def tensor(self) -> torch.Tensor:
+        if not self.chunks:
+            channels = self.stream.channels if self.stream is not None else 1
+            return torch.zeros(channels, 0)
+        audio = np.concatenate(self.chunks, axis=1)
+        if self.limit is not None:
+            audio = audio[:, : self.limit]
+        return torch.from_numpy(np.ascontiguousarray(audio))
+
+
+class _FrameKeeper:
+    """The kept frames, each converted to RGB at the first frame's size and
+    transformed as soon as it is decoded."""
+
+    def __init__(self, frame_transform: FrameTransform | None, limits: DecodeLimits):
+        self.transform = frame_transform or torch.from_numpy
+        self.limits = limits
+        self.size: tuple[int, int] | None = None
+        self.kept: dict[int, torch.Tensor] = {}
+
+    def check(self, frame: av.VideoFrame) -> None:
+        _check_frame_size(frame.width, frame.height, self.limits)
+        if self.size is None:
+            self.size = (frame.width, frame.height)
+
+    def convert(self, frame: av.VideoFrame) -> torch.Tensor:
+        width, height = self.size
+        if (frame.width, frame.height) != self.size:
+            image = frame.to_ndarray(format="rgb24", width=width, height=height)
+        else:
+            image = frame.to_ndarray(format="rgb24")
+        return self.transform(image)
+
+    def keep(self, index: int, frame: av.VideoFrame) -> None:
+        self.kept[index] = self.convert(frame)
+
+
+def decode_clip(source: VideoSource, frames_per_clip: int = 16, max_audio_samples: int | None = None,
+                limits: DecodeLimits = UNBOUNDED, frame_transform: FrameTransform | None = None) -> DecodedClip:
+    """Decode the clip MMF's Charades dataset takes from a video.
+
+    ``source`` is a path, bytes or a binary file object. ``max_audio_samples``
+    bounds the audio decoded (None: all of it). ``frame_transform`` turns each
+    kept (H, W, 3) uint8 RGB frame into a tensor (default: as is). Raises
+    ``VideoDecodeError`` with an actionable message for anything that is not
+    a decodable video, ``VideoLimitError`` for one over ``limits``.
+    """
+    deadline = _Deadline(limits)
+    _check_declared_tables(source, limits)
+    num_frames = _count_frames(source, limits, deadline)
+    if num_frames == 0:
+        raise VideoDecodeError("the video stream has no frames")
+    wanted = clip_frame_indices(num_frames, frames_per_clip)
+    wanted_set, last_wanted = set(wanted), wanted[-1]
+    keeper = _FrameKeeper(frame_transform, limits)
+    with _open(source) as container:
+        stream = _video_stream(container)
+        stream.thread_type = "AUTO"
+        audio_stream = container.streams.audio[0] if container.streams.audio and max_audio_samples != 0 else None
+        audio = _AudioCollector(audio_stream, max_audio_samples)
+        index, last_frame = 0, None
+        streams = [stream] + ([audio_stream] if audio_stream is not None else [])
+        try:
+            for packet in container.demux(*streams):
+                deadline.check()
+                if packet.stream is audio_stream:
+                    if not audio.done:
+                        audio.add(packet)
+                    continue
+                for frame in packet.decode():
+                    keeper.check(frame)
+                    last_frame = frame
+                    if index in wanted_set:
+                        keeper.keep(index, frame)
+                    index += 1
+                if index > last_wanted and audio.done:
+                    break
+        except av.FFmpegError as error:
+            raise VideoDecodeError(f"the video is corrupted after {index} frames ({error})") from error
+        if not keeper.kept:
+            raise VideoDecodeError("no video frame could be decoded")
+        if len(keeper.kept) < len(wanted_set):
+            # a damaged tail: the missing frames repeat the last decodable one
+            logger.warning("only %d of %d frames decoded; repeating the last one", index, num_frames)
+            tail = keeper.convert(last_frame)
+            keeper.kept.update({i: tail for i in wanted_set - keeper.kept.keys()})
+        fps = float(stream.average_rate) if stream.average_rate else None
+        return DecodedClip(
+            video=torch.stack([keeper.kept[i] for i in wanted]),
+            audio=audio.tensor(),
+            audio_sample_rate=audio_stream.rate if audio_stream is not None else None,
+            num_video_frames=num_frames,
+            video_fps=fps,
+        )
