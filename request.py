@@ -76,13 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def read_video(path: Path) -> bytes:
     if not path.is_file():
-        raise InputError(f"video {path} not found (make demo writes demo.mp4; or pass --video)")
+        raise InputError(f"video {path} not found; make demo writes demo.mp4, or pass --video")
     return path.read_bytes()
 
 
-def read_json(path: Path, what: str) -> Any:
+def read_json(path: Path, what: str, missing_hint: str) -> Any:
     if not path.is_file():
-        raise InputError(f"{what} {path} not found")
+        raise InputError(f"{what} {path} not found; {missing_hint}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -91,7 +91,7 @@ def read_json(path: Path, what: str) -> Any:
 
 def read_info(path: Path) -> dict[str, Any]:
     """The info.json: a string ``script`` and, optionally, ``action_labels`` (a list of strings)."""
-    info = read_json(path, "info file")
+    info = read_json(path, "info file", "pass --info")
     if not isinstance(info, dict) or not isinstance(info.get("script"), str):
         raise InputError(f'info file {path} needs a "script" string: {{"script": "...", "action_labels": [...]}}')
     labels = info.get("action_labels")
@@ -108,9 +108,7 @@ def inference_token(args: argparse.Namespace) -> str | None:
         return args.token
     restart_hint = ("TorchServe writes key_file.json in the directory it starts from (scripts/serve.sh start): "
                     "pass --key-file, or --no-token for a server with token authorization off")
-    if not args.key_file.is_file():
-        raise InputError(f"key file {args.key_file} not found; {restart_hint}")
-    keys = read_json(args.key_file, "key file")
+    keys = read_json(args.key_file, "key file", restart_hint)
     entry = keys.get("inference") if isinstance(keys, dict) else None
     key = entry.get("key") if isinstance(entry, dict) else None
     if not isinstance(key, str) or not key:
@@ -323,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_output(args.output)
         video, info, token = read_video(args.video), read_info(args.info), inference_token(args)
-    except InputError as problem:
+    except (InputError, OSError) as problem:  # OSError: a file that exists but cannot be read
         return error(str(problem), EXIT_INPUT_ERROR)
     try:
         response = send(args, video, info, token)
