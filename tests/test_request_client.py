@@ -1,0 +1,265 @@
+"""request.py, the client: its exit codes and messages for every local
+mistake (no server needed), for a server it cannot reach, and against a real
+TorchServe with token authorization on (answers, server errors, a wrong key,
+a key rotated with TorchServe's token API, the v2 JSON protocol); and its
+codec for the KServe v2 binary tensor extension."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import requests
+
+from minimmf.serving.torchserve import TorchServe, archive_model, free_port
+from tests.conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("request_client", ROOT / "request.py")
+client = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(client)
+
+OK, SERVER_ERROR, INPUT_ERROR, CANNOT_CONNECT = 0, 1, 2, 3
+
+
+def run_client(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python request.py ARGS`` run as a user runs it, in ``cwd``."""
+    return subprocess.run([sys.executable, str(ROOT / "request.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+def assert_fails(result: subprocess.CompletedProcess, code: int, *phrases: str) -> None:
+    assert result.returncode == code, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    for phrase in phrases:
+        assert phrase in result.stderr, result.stderr
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> Path:
+    """A folder with request.py's default inputs: demo.mp4, demo.info.json and key_file.json."""
+    (tmp_path / "demo.mp4").write_bytes(b"not decoded before the server sees it")
+    (tmp_path / "demo.info.json").write_text(json.dumps({"script": "A person opens a door.",
+                                                         "action_labels": ["Opening a door"]}))
+    (tmp_path / "key_file.json").write_text(json.dumps({"inference": {"key": "abc"}, "API": {"key": "def"}}))
+    return tmp_path
+
+
+def closed_port_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+# ------------------------------------------------------------ local errors
+
+
+@pytest.mark.parametrize(("file", "content", "phrase"), [
+    ("demo.info.json", "{'script': 'single quotes'}", "is not valid JSON"),
+    ("demo.info.json", json.dumps(["a list"]), 'needs a "script" string'),
+    ("demo.info.json", json.dumps({"action_labels": ["Opening a door"]}), 'needs a "script" string'),
+    ("demo.info.json", json.dumps({"script": 7}), 'needs a "script" string'),
+    ("demo.info.json", json.dumps({"script": "ok", "action_labels": "Opening a door"}),
+     '"action_labels" must be a list of strings'),
+    ("key_file.json", "", "is not valid JSON"),
+    ("key_file.json", json.dumps({"management": {"key": "abc"}}), 'has no "inference" key'),
+    ("key_file.json", json.dumps({"inference": "abc"}), 'has no "inference" key'),
+])
+def test_malformed_info_or_key_file_is_an_input_error(inputs, file, content, phrase):
+    (inputs / file).write_text(content)
+    assert_fails(run_client("--url", closed_port_url(), cwd=inputs), INPUT_ERROR, f"{file} {phrase}")
+
+
+@pytest.mark.parametrize(("missing", "phrase"), [
+    ("demo.mp4", "video demo.mp4 not found"),
+    ("demo.info.json", "info file demo.info.json not found"),
+    ("key_file.json", "key file key_file.json not found"),
+])
+def test_missing_file_is_an_input_error(inputs, missing, phrase):
+    (inputs / missing).unlink()
+    assert_fails(run_client("--url", closed_port_url(), cwd=inputs), INPUT_ERROR, phrase)
+
+
+def test_a_missing_key_file_says_how_to_get_one(inputs):
+    (inputs / "key_file.json").unlink()
+    assert_fails(run_client("--url", closed_port_url(), cwd=inputs), INPUT_ERROR,
+                 "scripts/serve.sh start", "--key-file", "--no-token")
+
+
+@pytest.mark.parametrize("args", [
+    ["--token", "abc", "--no-token"],
+    ["--protocol", "grpc"],
+    ["--output", "no/such/folder/response.txt"],
+    ["--url", "127.0.0.1:8080"],
+])
+def test_usage_errors(inputs, args):
+    assert_fails(run_client(*args, cwd=inputs), INPUT_ERROR)
+
+
+# --------------------------------------------------------- cannot connect
+
+
+@pytest.mark.parametrize("protocol", client.PROTOCOLS)
+def test_a_closed_port_is_cannot_connect(inputs, protocol):
+    result = run_client("--url", closed_port_url(), "--protocol", protocol, cwd=inputs)
+    assert_fails(result, CANNOT_CONNECT, "cannot connect to TorchServe", "scripts/serve.sh status")
+
+
+def test_no_token_needs_no_key_file(inputs):
+    (inputs / "key_file.json").unlink()
+    assert_fails(run_client("--no-token", "--url", closed_port_url(), cwd=inputs), CANNOT_CONNECT)
+
+
+# ------------------------------------------- KServe v2 binary tensor extension
+
+
+def test_bytes_elements_are_length_prefixed_little_endian():
+    assert client.serialize_bytes_tensor([b"ab", b"", b"\xff"]) == \
+        b"\x02\x00\x00\x00ab" + b"\x00\x00\x00\x00" + b"\x01\x00\x00\x00\xff"
+    assert client.deserialize_bytes_tensor(b"\x02\x00\x00\x00ab\x00\x00\x00\x00") == [b"ab", b""]
+
+
+def test_binary_request_round_trips():
+    video = bytes(range(256)) * 3
+    tensors = {"data": [video], "script": ["Une personne éternue.".encode()], "labels": [b'["Sneezing"]']}
+    body, header_length = client.encode_v2_binary(tensors, ["predictions"], request_id="clip-1")
+    header = json.loads(body[:header_length])
+    assert header["id"] == "clip-1"
+    assert [item["name"] for item in header["inputs"]] == ["data", "script", "labels"]
+    for item in header["inputs"]:
+        assert "data" not in item and item["datatype"] == "BYTES" and item["shape"] == [1]
+        assert item["parameters"]["binary_data_size"] == 4 + len(tensors[item["name"]][0])
+    assert header["outputs"] == [{"name": "predictions", "parameters": {"binary_data": True}}]
+    assert len(body) == header_length + sum(4 + len(elements[0]) for elements in tensors.values())
+    decoded = client.decode_v2_body(body, header_length)
+    assert {item["name"]: item["data"] for item in decoded["inputs"]} == tensors
+
+
+def test_binary_and_json_answers_decode_alike():
+    answer = json.dumps({"labels": ["Holding a book"], "scores": {"Holding a book": 0.9}}).encode()
+    header = json.dumps({"model_name": "MMF_model", "outputs": [
+        {"name": "predictions", "datatype": "BYTES", "shape": [1],
+         "parameters": {"binary_data_size": 4 + len(answer)}}]}).encode()
+    binary = client.decode_v2_response(header + len(answer).to_bytes(4, "little") + answer,
+                                       {"inference-header-content-length": str(len(header))})
+    plain = client.decode_v2_response(json.dumps({"outputs": [
+        {"name": "predictions", "datatype": "BYTES", "shape": [1], "data": [answer.decode()]}]}).encode(), {})
+    assert json.loads(binary["outputs"][0]["data"][0]) == json.loads(plain["outputs"][0]["data"][0])
+
+
+def binary_answer(datatype: str, binary_data_size: int, tail: bytes) -> tuple[bytes, str]:
+    """A binary v2 answer with one output: (body, its Inference-Header-Content-Length)."""
+    header = json.dumps({"outputs": [{"name": "predictions", "datatype": datatype, "shape": [1],
+                                      "parameters": {"binary_data_size": binary_data_size}}]}).encode()
+    return header + tail, str(len(header))
+
+
+@pytest.mark.parametrize(("body", "header_length", "phrase"), [
+    (binary_answer("BYTES", 6, b"\x02\x00\x00\x00ab")[0], None, "not a KServe v2 answer"),  # header not announced
+    (b'{"outputs": []}', "99", "does not fit"),
+    (*binary_answer("BYTES", 9, b"\x05\x00\x00\x00ab"), "the body has fewer"),
+    (*binary_answer("BYTES", 6, b"\x05\x00\x00\x00ab"), "runs past"),
+    (*binary_answer("BYTES", 6, b"\x02\x00\x00\x00a"), "the body has fewer"),
+    (*binary_answer("FP32", 4, b"\x00\x00\x80?"), "only BYTES"),
+    (b"[1, 2]", None, "not a v2 message"),
+])
+def test_malformed_v2_answers_are_refused(body, header_length, phrase):
+    headers = {} if header_length is None else {client.HEADER_LENGTH: header_length}
+    with pytest.raises(ValueError, match=phrase):
+        client.decode_v2_response(body, headers)
+
+
+# ------------------------------------------------------- a real TorchServe
+
+
+@pytest.fixture(scope="module")
+def server(trained, labels_csv, tmp_path_factory, java_ready):
+    """TorchServe with the shipped config.properties (token authorization on) serving the tiny model."""
+    workdir = tmp_path_factory.mktemp("request_client")
+    store = workdir / "model_store"
+    archive_model(trained, store, labels=labels_csv, model_config=ROOT / "model-config.yaml",
+                  handler=ROOT / "handler.py")
+    serve = TorchServe.private(workdir, store, ROOT / "config.properties")
+    serve.start()
+    try:
+        registered = serve.register("MMF_model.mar")
+        assert registered.status_code == 200, registered.text
+        yield serve
+    finally:
+        serve.stop()
+
+
+@pytest.fixture
+def clip(test_split, tmp_path) -> tuple[Path, Path]:
+    """A held-out synthetic video and its info.json."""
+    video, script = test_split[0]
+    info = tmp_path / "clip.info.json"
+    info.write_text(json.dumps({"script": script, "action_labels": ["Holding a book"]}))
+    return video, info
+
+
+def request_to(serve: TorchServe, video: Path, info: Path, output: Path, *args: str) -> subprocess.CompletedProcess:
+    return run_client("--video", str(video), "--info", str(info), "--url", serve.url("inference"),
+                      "--output", str(output), *args, cwd=output.parent)
+
+
+@pytest.mark.slow
+def test_keys_last_token_expiration_min(server):
+    """The shipped token_expiration_min reaches TorchServe: keys outlive its 60-minute default."""
+    minutes = int(re.search(r"^token_expiration_min=(\d+)$", (ROOT / "config.properties").read_text(),
+                            flags=re.MULTILINE).group(1))
+    expiry = json.loads(server.key_file.read_text())["inference"]["expiration time"]  # "2026-11-26T15:27:00.4589Z"
+    lifetime = datetime.fromisoformat(expiry[:19] + "+00:00") - datetime.now(UTC)
+    assert minutes > 60 and timedelta(minutes=60) < lifetime <= timedelta(minutes=minutes)
+
+
+@pytest.mark.slow
+def test_multipart_and_v2_json_give_the_same_answer(server, clip, tmp_path):
+    answers = {}
+    for protocol in ("multipart", "v2-json"):
+        output = tmp_path / f"{protocol}.json"
+        result = request_to(server, *clip, output, "--protocol", protocol, "--key-file", str(server.key_file))
+        assert result.returncode == OK, result.stderr
+        answers[protocol] = json.loads(output.read_text())
+        assert f"labels: {answers[protocol]['labels']}" in result.stdout
+    assert answers["v2-json"]["labels"] == answers["multipart"]["labels"]
+    assert answers["v2-json"]["expected_labels"] == answers["multipart"]["expected_labels"] == ["Holding a book"]
+    assert answers["v2-json"]["scores"] == pytest.approx(answers["multipart"]["scores"], abs=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["multipart", "v2-json"])
+def test_a_corrupt_video_is_a_server_error_answer(server, clip, tmp_path, protocol):
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(clip[0].read_bytes()[:300])
+    result = request_to(server, corrupt, clip[1], tmp_path / "response.txt", "--protocol", protocol,
+                        "--key-file", str(server.key_file))
+    assert_fails(result, SERVER_ERROR, "HTTP 400", "video")
+    assert "wrong or has expired" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_wrong_key_says_how_to_get_a_fresh_one(server, clip, tmp_path):
+    result = request_to(server, *clip, tmp_path / "response.txt", "--token", "wrong")
+    assert_fails(result, SERVER_ERROR, "HTTP 400", "Token Authorization failed", "--token's key",
+                 "wrong or has expired", "Keys and their expiry")
+    no_key = request_to(server, *clip, tmp_path / "response.txt", "--no-token")
+    assert_fails(no_key, SERVER_ERROR, "--no-token sent no key")
+
+
+@pytest.mark.slow
+def test_a_rotated_key_stops_working(server, clip, tmp_path):
+    """The README's rotation: the token API (with the API key) replaces the inference key in key_file.json."""
+    old_keys = tmp_path / "old_key_file.json"
+    old_keys.write_text(server.key_file.read_text())
+    rotated = requests.get(server.url("management") + "/token", params={"type": "inference"}, timeout=30,
+                           headers={"Authorization": f"Bearer {server.key('API')}"})
+    assert rotated.status_code == 200, rotated.text
+    assert server.key("inference") != json.loads(old_keys.read_text())["inference"]["key"]
+    stale = request_to(server, *clip, tmp_path / "stale.json", "--key-file", str(old_keys))
+    assert_fails(stale, SERVER_ERROR, f"the 'inference' key of {old_keys}", "wrong or has expired")
+    fresh = request_to(server, *clip, tmp_path / "fresh.json", "--key-file", str(server.key_file))
+    assert fresh.returncode == OK, fresh.stderr
