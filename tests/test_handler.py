@@ -307,3 +307,13 @@ def test_bad_requests_are_logged_with_their_request_id_and_reason(served, caplog
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "answered 400" in r.getMessage()]
     assert len(warnings) == 1 and "req0" in warnings[0].getMessage()
     assert "secret content" not in warnings[0].getMessage()
+
+
+def test_shipped_model_config_states_the_defaults():
+    import yaml
+
+    from minimmf.serving.settings import HandlerSettings
+
+    shipped = yaml.safe_load((ROOT / "model-config.yaml").read_text())
+    assert HandlerSettings.from_model_yaml(shipped) == HandlerSettings()
+    assert set(shipped["handler"]) == set(HandlerSettings.__dataclass_fields__)

@@ -23,7 +23,7 @@ from tests.conftest import ROOT
 from tests.media import encode_video
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("java_ready")]
-MAX_VIDEO_BYTES = 3_000_000
+MAX_VIDEO_BYTES = 8_000_000
 
 
 def serving_cli(serve: TorchServe, *args: str) -> subprocess.CompletedProcess:
@@ -107,7 +107,7 @@ def test_bad_inputs_get_documented_answers_and_the_worker_survives(server, video
         "empty": ({"data": ("e.mp4", b""), "script": (None, script)}, 400, "empty"),
         "missing_script": ({"data": (path.name, path.read_bytes())}, 400, "no script"),
         "text_as_video": ({"data": ("notes.txt", text_file.read_bytes()), "script": (None, script)}, 400, "video"),
-        "huge": ({"data": ("h.mp4", b"\0" * 3_000_001), "script": (None, script)}, 400, "over the limit"),
+        "huge": ({"data": ("h.mp4", b"\0" * (MAX_VIDEO_BYTES + 1)), "script": (None, script)}, 400, "over the limit"),
         "no_audio": (good_files(silent, script), 200, None),
         "one_frame": (good_files(one_frame, script), 200, None),
     }
@@ -173,3 +173,58 @@ def test_kserve_v2_inference_endpoint(server, videos):
     assert answer["id"] == "v2-test" and answer["outputs"][0]["name"] == "predictions"
     direct = predict(serve, good_files(path, script)).json()
     assert json.loads(answer["outputs"][0]["data"][0])["labels"] == direct["labels"]
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory, videos):
+    from minimmf.serving.hostile_inputs import hostile_requests
+
+    path, script = videos[0]
+    return hostile_requests(tmp_path_factory.mktemp("hostile"), path.read_bytes(), script, MAX_VIDEO_BYTES)
+
+
+def worker_pid(serve: TorchServe) -> int:
+    return int(serve.describe()[0]["workers"][0]["pid"])
+
+
+def test_hostile_inputs_beside_good_ones_in_batches_of_four(server, videos, hostile):
+    """Each hostile request goes out with three good ones (batch_size 4): it gets its
+    status with a JSON error naming the problem, they get 200, the worker lives on."""
+    serve, _, _ = server
+    pid = worker_pid(serve)
+    good = good_files(*videos[1])
+    for name, request in hostile.items():
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            responses = list(pool.map(lambda f: predict(serve, f), [request.files, good, good, good]))
+        hostile_response, *good_responses = responses
+        assert hostile_response.status_code == request.status, (name, hostile_response.text[:300])
+        if request.status == 400:
+            assert request.error_names in hostile_response.json()["error"], name
+        assert [r.status_code for r in good_responses] == [200, 200, 200], name
+    assert worker_pid(serve) == pid
+
+
+def test_describe_and_explanations_never_fail_their_batch_mates(server, videos):
+    serve, handler, _ = server
+    pid = worker_pid(serve)
+    good = good_files(*videos[1])
+
+    def describe() -> requests.Response:
+        return requests.get(serve.url("management") + "/models/MMF_model", params={"customized": "true"},
+                            headers=serve.headers("management"), timeout=300)
+
+    def explain() -> requests.Response:
+        return requests.post(serve.url("inference") + "/explanations/MMF_model", files=good, timeout=300,
+                             headers=serve.headers("inference"))
+
+    for special in (describe, explain):
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            futures = [pool.submit(special)] + [pool.submit(predict, serve, good) for _ in range(3)]
+            special_response, *good_responses = [future.result() for future in futures]
+        assert [r.status_code for r in good_responses] == [200, 200, 200], special.__name__
+        if special is describe:
+            assert special_response.status_code == 200
+            assert special_response.json()[0]["customizedMetadata"]["labels"] == handler.predictor.classes
+        else:
+            assert special_response.status_code == 501 and "no explanations" in special_response.text
+    assert worker_pid(serve) == pid

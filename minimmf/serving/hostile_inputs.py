@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -33,12 +34,17 @@ def many_frames_video(path: Path, frames: int = 100_000, width: int = 1920, heig
     """``frames`` frames of a static 1080p H.264 video in ~30 bytes each: one
     key frame, then the same tiny "nothing moved" frame over and over. Fast
     to make, slow to decode (every frame is a full-size picture)."""
-    packets = _static_h264_packets(width, height)
-    first, repeated = packets[0], packets[1]
     container_format = "mpegts" if path.suffix == ".ts" else None
     with av.open(str(path), mode="w", format=container_format) as container:
         stream = container.add_stream("libx264", rate=30)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "bframes": "0"}
+        # encoding two identical frames in this container gives it the stream's parameter sets
+        packets = []
+        for frame in gray_frames(1, width, height) * 2:
+            packets += stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24"))
+        packets += stream.encode()
+        first, repeated = packets[0], packets[1]
         step = repeated.pts - first.pts
         for index in range(frames):
             packet = av.Packet(bytes(first if index == 0 else repeated))
@@ -47,19 +53,6 @@ def many_frames_video(path: Path, frames: int = 100_000, width: int = 1920, heig
             packet.is_keyframe = index == 0
             container.mux(packet)
     return path
-
-
-def _static_h264_packets(width: int, height: int) -> list[av.Packet]:
-    """A key frame and a frame identical to it, encoded without B-frames."""
-    with av.open(io.BytesIO(), mode="w", format="mp4") as scratch:
-        stream = scratch.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "bframes": "0"}
-        packets = []
-        for frame in gray_frames(1, width, height) * 2:
-            packets += stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24"))
-        packets += stream.encode()
-        return packets
 
 
 def resolution_change_video(path: Path, sizes: tuple[tuple[int, int], ...] = ((320, 240), (640, 360)),
@@ -105,3 +98,44 @@ def deep_json(depth: int = 200_000) -> bytes:
 def many_labels(count: int = 400_000) -> bytes:
     """A JSON list of ``count`` labels."""
     return json.dumps([f"Label {index}" for index in range(count)]).encode()
+
+
+@dataclass(frozen=True)
+class HostileRequest:
+    """A multipart request (``requests``' ``files`` form), the status it must
+    get, and a phrase its JSON error must contain (for a 4xx)."""
+
+    files: dict
+    status: int
+    error_names: str = ""
+
+
+def hostile_requests(folder: Path, video: bytes, script: str, max_video_bytes: int) -> dict[str, HostileRequest]:
+    """Every hostile input of the table in README's "Bounded input", as a
+    request beside a good ``video`` and ``script``, written under ``folder``.
+    Sizes stay under ``max_video_bytes``, so each reaches the limit it targets."""
+
+    def upload(name: str, data: bytes) -> dict:
+        if len(data) > max_video_bytes:
+            raise ValueError(f"{name} is {len(data):,} bytes, over max_video_bytes={max_video_bytes:,}")
+        return {"data": (name, data), "script": (None, script)}
+
+    deep = deep_json(100_000)
+    return {
+        "4096x4096 frame": HostileRequest(upload("h.mp4", huge_frame_video(folder / "h.mp4").read_bytes()), 400,
+                                          "max_frame_pixels"),
+        "50,000 frames declared": HostileRequest(
+            upload("m.mp4", many_frames_video(folder / "m.mp4", frames=50_000).read_bytes()), 400, "max_frames"),
+        "20,000 frames counted": HostileRequest(
+            upload("m.ts", many_frames_video(folder / "m.ts", frames=20_000).read_bytes()), 400, "max_frames"),
+        "resolution change": HostileRequest(
+            upload("r.ts", resolution_change_video(folder / "r.ts").read_bytes()), 200),
+        "sample table bomb": HostileRequest(
+            upload("b.mp4", sample_table_bomb(folder / "b.mp4").read_bytes()), 400, "max_frames"),
+        "ffconcat list": HostileRequest(upload("list.ffconcat", ffconcat_list()), 400, "container"),
+        "deep info": HostileRequest({"data": ("v.mp4", video), "info": (None, deep)}, 400, "max_json_depth"),
+        "deep info as JSON": HostileRequest({"data": ("v.mp4", video), "info": (None, deep, "application/json")},
+                                            400, "max_json_depth"),
+        "400k labels": HostileRequest({**upload("v.mp4", video), "labels": (None, many_labels())}, 400,
+                                      "max_json_bytes"),
+    }

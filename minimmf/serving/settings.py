@@ -22,7 +22,7 @@ class HandlerSettings:
     # how many class scores an answer holds, highest first; 0 = all of them
     top_k: int = 0
     # what one request may make the worker do (see README, "Bounded input"): bytes in, ...
-    max_video_bytes: int = 200 * 1024 * 1024
+    max_video_bytes: int = 200_000_000
     # ... pixels per frame (1080p), frames (10 min at 30 fps) and decoding time per video, ...
     max_frame_pixels: int = 1920 * 1080
     max_frames: int = 18_000
