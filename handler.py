@@ -31,9 +31,10 @@ import transformers
 from ts.torch_handler.base_handler import BaseHandler
 
 import minimmf
-from minimmf.serving.answers import build_answer, v2_response
+from minimmf.serving.answers import build_answer, v2_binary_response, v2_response
 from minimmf.serving.batch import PreparedBatch
 from minimmf.serving.inputs import parse_request
+from minimmf.serving.kserve_v2 import HEADER_LENGTH
 from minimmf.serving.predictor import DATASET, Predictor
 from minimmf.serving.settings import HandlerSettings
 from minimmf.utils.env import setup_imports
@@ -80,7 +81,7 @@ class MMFHandler(BaseHandler):
                 batch.errors[index] = (501, "this model gives no explanations; send the request to /predictions")
                 continue
             with batch.catch(index):
-                parsed = parse_request(request, self.settings)
+                parsed = parse_request(request, self.settings, self._v2_header_length(index))
                 decode_started = time.perf_counter()
                 clip = self.predictor.decode(parsed.video)
                 decode_seconds += time.perf_counter() - decode_started
@@ -99,7 +100,7 @@ class MMFHandler(BaseHandler):
         self._add_time("ModelTime", time.perf_counter() - started)
         return batch, probabilities
 
-    def postprocess(self, inference_output: tuple[PreparedBatch, torch.Tensor | None]) -> list[dict[str, Any]]:
+    def postprocess(self, inference_output: tuple[PreparedBatch, torch.Tensor | None]) -> list[dict[str, Any] | bytes]:
         """One answer per request, in order: its error, or its JSON (v2-wrapped for v2 requests)."""
         batch, probabilities = inference_output
         return [self.describe_handle() if index in batch.describe
@@ -112,15 +113,21 @@ class MMFHandler(BaseHandler):
                 "versions": {"minimmf": minimmf.__version__, "torch": torch.__version__,
                              "transformers": transformers.__version__}}
 
-    def _answer(self, index: int, batch: PreparedBatch, probabilities: torch.Tensor) -> dict[str, Any]:
+    def _answer(self, index: int, batch: PreparedBatch, probabilities: torch.Tensor) -> dict[str, Any] | bytes:
         request = batch.requests[index]
         answer = build_answer(probabilities[batch.row_of(index)], self.predictor.classes, self.predictor.threshold,
                               self.settings.top_k, request.expected_labels)
         if request.v2_id is None:
             return answer
         model = self.manifest["model"]
-        return v2_response(answer, request.v2_id or self.context.get_request_id(index),
-                           model.get("modelName", "MMF_model"), model.get("modelVersion"))
+        envelope = (answer, request.v2_id or self.context.get_request_id(index), model.get("modelName", "MMF_model"),
+                    model.get("modelVersion"))
+        if not request.v2_binary_output:
+            return v2_response(*envelope)
+        body, header_length = v2_binary_response(*envelope)
+        self.context.set_response_header(index, HEADER_LENGTH, str(header_length))
+        self.context.set_response_content_type(index, "application/octet-stream")
+        return body
 
     def _error(self, index: int, status: int, message: str) -> dict[str, Any]:
         if status < 500:  # the reason only: messages never quote the request's content
@@ -130,6 +137,11 @@ class MMFHandler(BaseHandler):
 
     def _header(self, index: int, name: str) -> bool:
         return self.context.get_request_header(index, name) == "True"
+
+    def _v2_header_length(self, index: int) -> str | None:
+        """The request's Inference-Header-Content-Length (KServe v2 binary), as sent or lower-cased."""
+        return self.context.get_request_header(index, HEADER_LENGTH) or \
+            self.context.get_request_header(index, HEADER_LENGTH.lower())
 
     def _add_time(self, name: str, seconds: float) -> None:
         metrics = getattr(getattr(self, "context", None), "metrics", None)

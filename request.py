@@ -32,21 +32,18 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
-import base64
 import json
-import struct
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from minimmf.serving import kserve_v2
+from minimmf.serving.answers import ANSWER_OUTPUT
+
 EXIT_OK, EXIT_SERVER_ERROR, EXIT_INPUT_ERROR, EXIT_CANNOT_CONNECT = 0, 1, 2, 3
 PROTOCOLS = ("multipart", "v2-json", "v2-binary")
-ANSWER_OUTPUT = "predictions"
-# the binary tensor extension: the JSON header's length, in the request's and the answer's HTTP headers
-HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 class InputError(Exception):
@@ -116,96 +113,7 @@ def inference_token(args: argparse.Namespace) -> str | None:
     return key
 
 
-# ------------------------------------------- KServe v2 binary tensor extension
-
-
-def serialize_bytes_tensor(elements: list[bytes]) -> bytes:
-    """A BYTES tensor's binary form: each element as a 4-byte little-endian length, then its bytes."""
-    return b"".join(struct.pack("<I", len(element)) + element for element in elements)
-
-
-def deserialize_bytes_tensor(blob: bytes) -> list[bytes]:
-    elements, offset = [], 0
-    while offset < len(blob):
-        if offset + 4 > len(blob):
-            raise ValueError("a BYTES element's 4-byte length is cut short")
-        (length,) = struct.unpack_from("<I", blob, offset)
-        offset += 4
-        if offset + length > len(blob):
-            raise ValueError(f"a BYTES element of {length} bytes runs past the tensor's data")
-        elements.append(blob[offset:offset + length])
-        offset += length
-    return elements
-
-
-def encode_v2_binary(inputs: Mapping[str, list[bytes]], outputs: list[str],
-                     request_id: str | None = None) -> tuple[bytes, int]:
-    """A v2 inference request whose BYTES ``inputs`` (name -> elements) travel
-    as binary data, asking for ``outputs`` in binary too: (body, length of its
-    JSON header), the latter for the Inference-Header-Content-Length header."""
-    blobs = {name: serialize_bytes_tensor(elements) for name, elements in inputs.items()}
-    header: dict[str, Any] = {
-        "inputs": [{"name": name, "datatype": "BYTES", "shape": [len(inputs[name])],
-                    "parameters": {"binary_data_size": len(blob)}} for name, blob in blobs.items()],
-        "outputs": [{"name": name, "parameters": {"binary_data": True}} for name in outputs],
-    }
-    if request_id is not None:
-        header["id"] = request_id
-    json_header = json.dumps(header).encode("utf-8")
-    return json_header + b"".join(blobs.values()), len(json_header)
-
-
-def decode_v2_body(body: bytes, header_length: int | None) -> dict[str, Any]:
-    """A v2 body (request or answer) as JSON whose binary tensors have their
-    ``data`` filled in (BYTES elements as bytes). ``header_length`` None: all JSON."""
-    if header_length is not None and not 0 < header_length <= len(body):
-        raise ValueError(f"{HEADER_LENGTH} {header_length} does not fit a body of {len(body)} bytes")
-    message = json.loads(body if header_length is None else body[:header_length])
-    tensors = message.get("inputs", []) + message.get("outputs", []) if isinstance(message, dict) else None
-    if not isinstance(tensors, list) or not all(isinstance(tensor, dict) for tensor in tensors):
-        raise ValueError("the JSON is not a v2 message (an object with lists of 'inputs' or 'outputs')")
-    offset = len(body) if header_length is None else header_length
-    for tensor in tensors:
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
-        if size is None:
-            continue
-        if tensor.get("datatype") != "BYTES":
-            raise ValueError(f"tensor {tensor.get('name')!r} is {tensor.get('datatype')}: only BYTES is decoded here")
-        if offset + size > len(body):
-            raise ValueError(f"tensor {tensor.get('name')!r} says {size} binary bytes; the body has fewer")
-        tensor["data"] = deserialize_bytes_tensor(body[offset:offset + size])
-        offset += size
-    return message
-
-
-def decode_v2_response(body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
-    """A v2 answer, JSON or binary (the answer's own Inference-Header-Content-Length)."""
-    length = next((value for name, value in headers.items() if name.lower() == HEADER_LENGTH.lower()), None)
-    try:
-        return decode_v2_body(body, int(length) if length is not None else None)
-    except ValueError as error:  # json.JSONDecodeError and UnicodeDecodeError included
-        raise ValueError(f"not a KServe v2 answer: {error}") from None
-
-
 # ----------------------------------------------------------------- requests
-
-
-def v2_tensors(video: bytes, info: dict[str, Any]) -> dict[str, list[bytes]]:
-    """The v2 inputs the handler reads: data (the video), script, labels (a JSON list as text)."""
-    tensors = {"data": [video], "script": [info["script"].encode("utf-8")]}
-    if info.get("action_labels") is not None:
-        tensors["labels"] = [json.dumps(info["action_labels"]).encode("utf-8")]
-    return tensors
-
-
-def v2_json_body(tensors: Mapping[str, list[bytes]], request_id: str) -> dict[str, Any]:
-    """The v2 JSON form: the video base64-encoded, the texts as strings."""
-    def as_text(name: str, element: bytes) -> str:
-        return base64.b64encode(element).decode("ascii") if name == "data" else element.decode("utf-8")
-
-    return {"id": request_id, "inputs": [
-        {"name": name, "datatype": "BYTES", "shape": [len(elements)],
-         "data": [as_text(name, element) for element in elements]} for name, elements in tensors.items()]}
 
 
 def send(args: argparse.Namespace, video: bytes, info: dict[str, Any], token: str | None) -> requests.Response:
@@ -219,11 +127,12 @@ def send(args: argparse.Namespace, video: bytes, info: dict[str, Any], token: st
         return requests.post(f"{base}/predictions/{args.model_name}", files=files, headers=headers,
                              timeout=args.timeout)
     url = f"{base}/v2/models/{args.model_name}/infer"
-    tensors = v2_tensors(video, info)
+    tensors = kserve_v2.handler_inputs(video, info["script"], info.get("action_labels"))
     if args.protocol == "v2-json":
-        return requests.post(url, json=v2_json_body(tensors, args.video.stem), headers=headers, timeout=args.timeout)
-    body, header_length = encode_v2_binary(tensors, [ANSWER_OUTPUT], request_id=args.video.stem)
-    headers |= {HEADER_LENGTH: str(header_length), "Content-Type": "application/octet-stream"}
+        return requests.post(url, json=kserve_v2.encode_json_request(tensors, args.video.stem), headers=headers,
+                             timeout=args.timeout)
+    body, header_length = kserve_v2.encode_request(tensors, [ANSWER_OUTPUT], request_id=args.video.stem)
+    headers |= {kserve_v2.HEADER_LENGTH: str(header_length), "Content-Type": "application/octet-stream"}
     return requests.post(url, data=body, headers=headers, timeout=args.timeout)
 
 
@@ -232,7 +141,8 @@ def model_answer(protocol: str, response: requests.Response) -> tuple[bytes, dic
     or a v2 answer's ``predictions`` output. ValueError if it is neither."""
     text = response.content
     if protocol != "multipart":
-        outputs = decode_v2_response(response.content, response.headers).get("outputs", [])
+        outputs = kserve_v2.decode_body(response.content, kserve_v2.header_length_of(response.headers)).get(
+            "outputs") or []
         found = [output["data"][0] for output in outputs if output.get("name") == ANSWER_OUTPUT and output.get("data")]
         if not found:
             raise ValueError(f"the v2 answer has no {ANSWER_OUTPUT!r} output")

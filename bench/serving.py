@@ -23,15 +23,22 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
+import requests
 import torch
 
-from minimmf.datasets.builders.charades._utils import CharadesLayout
-from minimmf.serving.torchserve import TorchServe, archive_model, default_labels
-from minimmf.serving.worker import handle, load_handler
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.preprocess import make_video  # noqa: E402
+from minimmf.datasets.builders.charades._utils import CharadesLayout  # noqa: E402
+from minimmf.serving import kserve_v2  # noqa: E402
+from minimmf.serving.answers import ANSWER_OUTPUT  # noqa: E402
+from minimmf.serving.torchserve import TorchServe, archive_model, default_labels  # noqa: E402
+from minimmf.serving.worker import handle, load_handler  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 CACHE = ROOT / "bench" / ".cache"
+PROTOCOLS = ("multipart", "v2-json", "v2-binary")
 
 
 def has_demo_model(save_dir: Path, data_dir: Path) -> bool:
@@ -61,6 +68,40 @@ def full_size_model(workdir: Path) -> tuple[Path, Path, Path]:
     labels = save_dir / "charades_action_labels.csv"
     pd.Series([repr([f"Action {i:03d}" for i in range(157)])], name="action_labels").to_csv(labels)
     return save_dir, weights, labels
+
+
+def protocol_request(serve: TorchServe, name: str, protocol: str, video: bytes, script: str) -> requests.Request:
+    """The request request.py's ``--protocol`` sends, for ``video`` and ``script``."""
+    headers = serve.headers("inference")
+    if protocol == "multipart":
+        return requests.Request("POST", serve.url("inference") + f"/predictions/{name}", headers=headers,
+                                files={"data": ("v.mp4", video), "script": (None, script)})
+    url = serve.url("inference") + f"/v2/models/{name}/infer"
+    inputs = kserve_v2.handler_inputs(video, script)
+    if protocol == "v2-json":
+        return requests.Request("POST", url, headers=headers, json=kserve_v2.encode_json_request(inputs))
+    body, header_length = kserve_v2.encode_request(inputs, [ANSWER_OUTPUT])
+    return requests.Request("POST", url, data=body, headers={**headers, kserve_v2.HEADER_LENGTH: str(header_length)})
+
+
+def protocol_rows(serve: TorchServe, name: str, video: bytes, script: str, repeats: int) -> list[dict]:
+    """p50 latency and bytes on the wire of one video sent with each protocol, one at a time."""
+    rows = []
+    with requests.Session() as session:
+        for protocol in PROTOCOLS:
+            prepared = session.prepare_request(protocol_request(serve, name, protocol, video, script))
+            latencies = []
+            for _ in range(repeats + 1):  # the first is a warm-up
+                started = time.perf_counter()
+                response = session.send(prepared, timeout=600)
+                latencies.append((time.perf_counter() - started) * 1000)
+                if response.status_code != 200:
+                    raise RuntimeError(f"{protocol}: HTTP {response.status_code} {response.text[:200]}")
+            rows.append({"protocol": protocol, "video_bytes": len(video), "request_bytes": len(prepared.body),
+                         "p50_ms": statistics.median(latencies[1:]), "repeats": repeats})
+            print(f"{protocol:<10} {len(prepared.body):>12,} bytes on the wire  p50 {rows[-1]['p50_ms']:6.0f} ms",
+                  flush=True)
+    return rows
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -97,19 +138,33 @@ def in_process_ms(model_dir: Path, requests_: list[tuple[bytes, str]], repeats: 
     return statistics.median(times[1:])
 
 
+def protocols_on_a_long_video(serve: TorchServe, repeats: int) -> list[dict]:
+    """The demo model at batch 1 answering a 30 s 854x480 H.264+AAC video sent with each protocol."""
+    response = serve.register("demo", name="demo", batch_size=1, initial_workers=1)
+    if response.status_code != 200:
+        raise RuntimeError(f"registering demo: {response.text}")
+    print("\nprotocols, a 30 s 854x480 video, demo model, batch 1, one request at a time:")
+    try:
+        return protocol_rows(serve, "demo", make_video(30).read_bytes(),
+                             "A person opens the door, then sits down and watches television.", repeats)
+    finally:
+        serve.unregister("demo")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--save-dir", type=Path, default=ROOT / "save")
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
     parser.add_argument("--models", nargs="*", default=["demo", "full"], choices=["demo", "full"])
     parser.add_argument("--per-concurrency", type=int, default=3, help="requests per unit of concurrency")
+    parser.add_argument("--protocol-repeats", type=int, default=10)
     args = parser.parse_args(argv)
     if not has_demo_model(args.save_dir, args.data_dir):
         print("error: needs the demo model and data; run `make demo` (or scripts/train.sh) first", file=sys.stderr)
         return 2
     requests_ = demo_requests(args.data_dir, 8)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-    rows = []
+    rows, protocols = [], []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         store = workdir / "model_store"
@@ -147,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                               f"{row['throughput_rps']:5.2f} req/s  errors {row['errors']}  "
                               f"(in-process handler {handler_ms:.0f} ms)", flush=True)
                     serve.unregister(name)
+            if "demo" in models:
+                protocols = protocols_on_a_long_video(serve, args.protocol_repeats)
         finally:
             serve.stop()
     print(f"\nmachine: {machine}")
@@ -158,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['p95_ms']:>9.0f}{row['p99_ms']:>9.0f}{row['throughput_rps']:>8.2f}{row['in_process_ms']:>12.0f}"
               + (f"{overhead:>9.0f}ms" if overhead is not None else f"{'':>10}"))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serving.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+    (RESULTS / "serving.json").write_text(json.dumps({"machine": machine, "rows": rows, "protocols": protocols},
+                                                     indent=1))
     print(f"saved {RESULTS / 'serving.json'}")
     return 0
 

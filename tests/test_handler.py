@@ -317,3 +317,53 @@ def test_shipped_model_config_states_the_defaults():
     shipped = yaml.safe_load((ROOT / "model-config.yaml").read_text())
     assert HandlerSettings.from_model_yaml(shipped) == HandlerSettings()
     assert set(shipped["handler"]) == set(HandlerSettings.__dataclass_fields__)
+
+
+# ------------------------------------------------------- KServe v2 binary
+
+def v2_binary_request(video: bytes, script: str, binary_output: bool = True) -> tuple[dict, dict]:
+    """A v2 binary request as TorchServe hands it over: (request, its headers)."""
+    from minimmf.serving import kserve_v2
+
+    body, header_length = kserve_v2.encode_request({"data": [video], "script": [script.encode()]},
+                                                   ["predictions"] if binary_output else [], request_id="bin-1")
+    return {"body": bytearray(body)}, {kserve_v2.HEADER_LENGTH: str(header_length)}
+
+
+def test_kserve_v2_binary_requests_and_answers(served, test_videos):
+    from minimmf.serving import kserve_v2
+
+    handler, context = served
+    video, script = test_videos[0]
+    binary_out, binary_headers = v2_binary_request(video, script)
+    json_out, json_headers = v2_binary_request(video, script, binary_output=False)
+    results = handle(handler, context, [binary_out, form(video, script), json_out],
+                     headers=[binary_headers, {}, json_headers])
+    (status, body), (_, plain), (json_status, json_answer) = results
+    assert status == json_status == 200 and isinstance(body, bytes)
+    header_length = int(context.get_response_headers(0)[kserve_v2.HEADER_LENGTH])
+    decoded = kserve_v2.decode_body(body, header_length)
+    assert decoded["id"] == "bin-1" and decoded["outputs"][0]["name"] == "predictions"
+    assert json.loads(decoded["outputs"][0]["data"][0]) == plain
+    assert json.loads(json_answer["outputs"][0]["data"][0]) == plain  # no binary output asked: a JSON answer
+
+
+@pytest.mark.parametrize("mangle, message", [
+    (lambda body, length: (body[:-10], length), "past the end of the body"),  # truncated
+    (lambda body, length: (body + b"extra", length), "add up to"),
+    (lambda body, length: (body, len(body) + 1), "but the body has"),
+    (lambda body, length: (body, "twelve"), "must be a number of bytes"),
+    (lambda body, length: (body[:length] + b"\xff\xff\xff\x7f" + body[length + 4:], length), "runs past"),
+    (lambda body, length: (body[: length - 1] + b"]" + body[length:], length), "not valid JSON"),
+])
+def test_malformed_v2_binary_bodies_get_400_naming_the_problem(served, test_videos, mangle, message):
+    from minimmf.serving import kserve_v2
+
+    handler, context = served
+    video, script = test_videos[0]
+    request, headers = v2_binary_request(video, script)
+    body, length = mangle(bytes(request["body"]), int(headers[kserve_v2.HEADER_LENGTH]))
+    (status, answer), (good_status, _) = handle(handler, context, [{"body": bytearray(body)}, form(video, script)],
+                                                headers=[{kserve_v2.HEADER_LENGTH: str(length)}, {}])
+    assert (status, good_status) == (400, 200)
+    assert "KServe v2" in answer["error"] and message in answer["error"]

@@ -113,65 +113,6 @@ def test_no_token_needs_no_key_file(inputs):
     assert_fails(run_client("--no-token", "--url", closed_port_url(), cwd=inputs), CANNOT_CONNECT)
 
 
-# ------------------------------------------- KServe v2 binary tensor extension
-
-
-def test_bytes_elements_are_length_prefixed_little_endian():
-    assert client.serialize_bytes_tensor([b"ab", b"", b"\xff"]) == \
-        b"\x02\x00\x00\x00ab" + b"\x00\x00\x00\x00" + b"\x01\x00\x00\x00\xff"
-    assert client.deserialize_bytes_tensor(b"\x02\x00\x00\x00ab\x00\x00\x00\x00") == [b"ab", b""]
-
-
-def test_binary_request_round_trips():
-    video = bytes(range(256)) * 3
-    tensors = {"data": [video], "script": ["Une personne éternue.".encode()], "labels": [b'["Sneezing"]']}
-    body, header_length = client.encode_v2_binary(tensors, ["predictions"], request_id="clip-1")
-    header = json.loads(body[:header_length])
-    assert header["id"] == "clip-1"
-    assert [item["name"] for item in header["inputs"]] == ["data", "script", "labels"]
-    for item in header["inputs"]:
-        assert "data" not in item and item["datatype"] == "BYTES" and item["shape"] == [1]
-        assert item["parameters"]["binary_data_size"] == 4 + len(tensors[item["name"]][0])
-    assert header["outputs"] == [{"name": "predictions", "parameters": {"binary_data": True}}]
-    assert len(body) == header_length + sum(4 + len(elements[0]) for elements in tensors.values())
-    decoded = client.decode_v2_body(body, header_length)
-    assert {item["name"]: item["data"] for item in decoded["inputs"]} == tensors
-
-
-def test_binary_and_json_answers_decode_alike():
-    answer = json.dumps({"labels": ["Holding a book"], "scores": {"Holding a book": 0.9}}).encode()
-    header = json.dumps({"model_name": "MMF_model", "outputs": [
-        {"name": "predictions", "datatype": "BYTES", "shape": [1],
-         "parameters": {"binary_data_size": 4 + len(answer)}}]}).encode()
-    binary = client.decode_v2_response(header + len(answer).to_bytes(4, "little") + answer,
-                                       {"inference-header-content-length": str(len(header))})
-    plain = client.decode_v2_response(json.dumps({"outputs": [
-        {"name": "predictions", "datatype": "BYTES", "shape": [1], "data": [answer.decode()]}]}).encode(), {})
-    assert json.loads(binary["outputs"][0]["data"][0]) == json.loads(plain["outputs"][0]["data"][0])
-
-
-def binary_answer(datatype: str, binary_data_size: int, tail: bytes) -> tuple[bytes, str]:
-    """A binary v2 answer with one output: (body, its Inference-Header-Content-Length)."""
-    header = json.dumps({"outputs": [{"name": "predictions", "datatype": datatype, "shape": [1],
-                                      "parameters": {"binary_data_size": binary_data_size}}]}).encode()
-    return header + tail, str(len(header))
-
-
-@pytest.mark.parametrize(("body", "header_length", "phrase"), [
-    (binary_answer("BYTES", 6, b"\x02\x00\x00\x00ab")[0], None, "not a KServe v2 answer"),  # header not announced
-    (b'{"outputs": []}', "99", "does not fit"),
-    (*binary_answer("BYTES", 9, b"\x05\x00\x00\x00ab"), "the body has fewer"),
-    (*binary_answer("BYTES", 6, b"\x05\x00\x00\x00ab"), "runs past"),
-    (*binary_answer("BYTES", 6, b"\x02\x00\x00\x00a"), "the body has fewer"),
-    (*binary_answer("FP32", 4, b"\x00\x00\x80?"), "only BYTES"),
-    (b"[1, 2]", None, "not a v2 message"),
-])
-def test_malformed_v2_answers_are_refused(body, header_length, phrase):
-    headers = {} if header_length is None else {client.HEADER_LENGTH: header_length}
-    with pytest.raises(ValueError, match=phrase):
-        client.decode_v2_response(body, headers)
-
-
 # ------------------------------------------------------- a real TorchServe
 
 
@@ -217,21 +158,22 @@ def test_keys_last_token_expiration_min(server):
 
 
 @pytest.mark.slow
-def test_multipart_and_v2_json_give_the_same_answer(server, clip, tmp_path):
+def test_every_protocol_gives_the_same_answer(server, clip, tmp_path):
     answers = {}
-    for protocol in ("multipart", "v2-json"):
+    for protocol in ("multipart", "v2-json", "v2-binary"):
         output = tmp_path / f"{protocol}.json"
         result = request_to(server, *clip, output, "--protocol", protocol, "--key-file", str(server.key_file))
         assert result.returncode == OK, result.stderr
         answers[protocol] = json.loads(output.read_text())
         assert f"labels: {answers[protocol]['labels']}" in result.stdout
-    assert answers["v2-json"]["labels"] == answers["multipart"]["labels"]
-    assert answers["v2-json"]["expected_labels"] == answers["multipart"]["expected_labels"] == ["Holding a book"]
-    assert answers["v2-json"]["scores"] == pytest.approx(answers["multipart"]["scores"], abs=1e-4)
+    for protocol in ("v2-json", "v2-binary"):
+        assert answers[protocol]["labels"] == answers["multipart"]["labels"]
+        assert answers[protocol]["expected_labels"] == answers["multipart"]["expected_labels"] == ["Holding a book"]
+        assert answers[protocol]["scores"] == pytest.approx(answers["multipart"]["scores"], abs=1e-4)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("protocol", ["multipart", "v2-json"])
+@pytest.mark.parametrize("protocol", ["multipart", "v2-json", "v2-binary"])
 def test_a_corrupt_video_is_a_server_error_answer(server, clip, tmp_path, protocol):
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(clip[0].read_bytes()[:300])

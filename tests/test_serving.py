@@ -228,3 +228,67 @@ def test_describe_and_explanations_never_fail_their_batch_mates(server, videos):
         else:
             assert special_response.status_code == 501 and "no explanations" in special_response.text
     assert worker_pid(serve) == pid
+
+
+# ----------------------------------------------- KServe v2 with a real client
+
+
+def triton_infer(serve: TorchServe, video: bytes, script: str, binary: bool) -> dict:
+    """The answer of NVIDIA's tritonclient.http (a v2 client no one here wrote),
+    BYTES inputs as JSON (the video base64-encoded) or in binary."""
+    import base64
+
+    import numpy as np
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(url=serve.url("inference").removeprefix("http://"), network_timeout=300)
+    try:
+        inputs = []
+        for name, value in (("data", video if binary else base64.b64encode(video)), ("script", script.encode())):
+            tensor = triton.InferInput(name, [1], "BYTES")
+            tensor.set_data_from_numpy(np.array([value], dtype=np.object_), binary_data=binary)
+            inputs.append(tensor)
+        result = client.infer("MMF_model", inputs, outputs=[triton.InferRequestedOutput("predictions",
+                                                                                        binary_data=binary)],
+                              headers=serve.headers("inference"), request_id="triton-1")
+        assert result.get_response()["id"] == "triton-1"
+        return json.loads(result.as_numpy("predictions")[0])
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_tritonclient_gets_the_multipart_answer(server, videos, binary):
+    serve, _, _ = server
+    path, script = videos[2]
+    multipart = predict(serve, good_files(path, script)).json()
+    answer = triton_infer(serve, path.read_bytes(), script, binary)
+    assert answer["labels"] == multipart["labels"]
+    assert answer["scores"] == pytest.approx(multipart["scores"], abs=1e-5)
+
+
+def test_malformed_v2_binary_bodies_get_400_over_http(server, videos):
+    from minimmf.serving import kserve_v2
+
+    serve, _, _ = server
+    path, script = videos[0]
+    body, header_length = kserve_v2.encode_request({"data": [path.read_bytes()], "script": [script.encode()]},
+                                                   ["predictions"])
+    cases = {"truncated": (body[:-100], header_length), "header past the body": (body, len(body) + 10),
+             "trailing bytes": (body + b"\0" * 8, header_length)}
+    for name, (data, length) in cases.items():
+        response = requests.post(serve.url("inference") + "/v2/models/MMF_model/infer", data=data, timeout=300,
+                                 headers={**serve.headers("inference"), kserve_v2.HEADER_LENGTH: str(length)})
+        assert response.status_code == 400, name
+        assert "KServe v2 binary request" in response.json()["error"], name
+
+
+def test_which_v2_routes_torchserve_serves(server):
+    """What README's "KServe v2 clients" says: only infer; /ping and the management API for readiness."""
+    serve, _, _ = server
+    inference = serve.url("inference")
+    for route in ("/v2/health/ready", "/v2/health/live", "/v2/models/MMF_model", "/v2/models/MMF_model/ready"):
+        assert requests.get(inference + route, headers=serve.headers("inference"), timeout=60).status_code == 404
+    assert requests.get(inference + "/ping", headers=serve.headers("inference"), timeout=60).json()["status"] == \
+        "Healthy"
+    assert serve.describe()[0]["workers"][0]["status"] == "READY"

@@ -10,6 +10,10 @@ from typing import Any
 
 import torch
 
+from minimmf.serving import kserve_v2
+
+ANSWER_OUTPUT = "predictions"
+
 
 def labels_above(probabilities: torch.Tensor, classes: Sequence[str], threshold: float) -> list[str]:
     """The classes whose probability reaches ``threshold`` (inclusive), most probable first."""
@@ -44,5 +48,12 @@ def v2_response(answer: dict[str, Any], request_id: str | None, model_name: str,
         "id": request_id,
         "model_name": model_name,
         "model_version": model_version,
-        "outputs": [{"name": "predictions", "datatype": "BYTES", "shape": [1], "data": [json.dumps(answer)]}],
+        "outputs": [{"name": ANSWER_OUTPUT, "datatype": "BYTES", "shape": [1], "data": [json.dumps(answer)]}],
     }
+
+
+def v2_binary_response(answer: dict[str, Any], request_id: str | None, model_name: str,
+                       model_version: str | None) -> tuple[bytes, int]:
+    """The same response with the binary tensor extension: (body, JSON header length)."""
+    header = {"id": request_id, "model_name": model_name, "model_version": model_version}
+    return kserve_v2.encode_binary(header, "outputs", {ANSWER_OUTPUT: [json.dumps(answer).encode("utf-8")]})

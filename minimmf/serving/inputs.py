@@ -4,9 +4,10 @@ labels, from a multipart form (the reference's fields) or a KServe v2 body.
 Multipart fields: ``data`` (the video file's bytes), ``script`` (UTF-8
 text), ``labels`` (a JSON list, or one label as text) or ``info`` (an
 info.json ``{"script": ..., "action_labels": [...]}`` instead of the last
-two). A KServe v2 body has ``inputs`` of those names, the video as base64
-BYTES. Anything unusable raises ``BadRequest`` (answered with HTTP 400):
-every field is bounded (``HandlerSettings``: bytes, characters, JSON size
+two). A KServe v2 body has ``inputs`` of those names: in JSON, the video as
+base64 BYTES; or with the binary tensor extension (``kserve_v2.py``), raw.
+Anything unusable raises ``BadRequest`` (answered with HTTP 400): every
+field is bounded (``HandlerSettings``: bytes, characters, JSON size
 and nesting depth, number of labels) and every parse failure is a
 ``BadRequest``, never an exception of the parser's own.
 """
@@ -20,6 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from minimmf.serving import kserve_v2
 from minimmf.serving.settings import HandlerSettings
 
 
@@ -33,45 +35,51 @@ class ParsedRequest:
     script: str
     expected_labels: list[str] | None
     v2_id: str | None = None  # set for KServe v2 requests: answered in the v2 format
+    v2_binary_output: bool = False  # the v2 request asked for its answer in binary
 
 
 MAX_V2_INPUTS = 16
+MAX_V2_ELEMENTS = 16  # per BYTES tensor; the handler reads the first
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _NOT_A_BRACKET = re.compile(r"[^\[\]{}]")
 
 
-def parse_request(request: dict[str, Any], settings: HandlerSettings) -> ParsedRequest:
-    """The video, script and optional labels of one request as TorchServe hands it over."""
-    v2_fields = kserve_v2_fields(request, settings)
+def parse_request(request: dict[str, Any], settings: HandlerSettings,
+                  v2_header_length: str | None = None) -> ParsedRequest:
+    """The video, script and optional labels of one request as TorchServe
+    hands it over; ``v2_header_length`` is its Inference-Header-Content-Length
+    header, if any (a v2 binary request)."""
+    v2_fields = kserve_v2_fields(request, settings, v2_header_length)
     fields = v2_fields if v2_fields is not None else request
     info = _info(fields["info"], settings) if fields.get("info") is not None else {}
     video = _video(fields.get("data", fields.get("video")), settings.max_video_bytes)
     script = fields.get("script", info.get("script"))
     if script is None:
         raise BadRequest("no script: send the video's script in the form field 'script' (or an 'info' JSON)")
-    script = _text(script, "script")
+    script = _text(script, "field 'script'")
     if len(script) > settings.max_script_chars:
         raise BadRequest(f"the script has {len(script):,} characters, over the limit of "
                          f"{settings.max_script_chars:,} (handler.max_script_chars in model-config.yaml)")
     labels = fields.get("labels", info.get("action_labels", info.get("labels")))
     return ParsedRequest(video, script, _labels(labels, settings) if labels is not None else None,
-                         fields.get("v2_id"))
+                         fields.get("v2_id"), fields.get("v2_binary_output", False))
 
 
-def parse_json(value: bytes | bytearray | str, name: str, max_bytes: int, max_depth: int) -> Any:
-    """JSON text -> a value, refusing text over ``max_bytes`` or nested deeper than ``max_depth``."""
-    text = _text(value, name)
-    size = len(text.encode("utf-8")) if isinstance(value, str) else len(value)
+def parse_json(value: bytes | bytearray | str, what: str, max_bytes: int, max_depth: int) -> Any:
+    """JSON text (``what``: "field 'info'", ...) -> a value, refusing text over
+    ``max_bytes`` or nested deeper than ``max_depth``."""
+    size = len(value.encode("utf-8")) if isinstance(value, str) else len(value)
     if size > max_bytes:
-        raise BadRequest(f"field '{name}' is {size:,} bytes, over the limit of {max_bytes:,} "
+        raise BadRequest(f"{what} is {size:,} bytes, over the limit of {max_bytes:,} "
                          "(handler.max_json_bytes in model-config.yaml)")
+    text = _text(value, what)
     if json_depth(text) > max_depth:
-        raise BadRequest(f"field '{name}' nests JSON deeper than {max_depth} levels "
+        raise BadRequest(f"{what} nests JSON deeper than {max_depth} levels "
                          "(handler.max_json_depth in model-config.yaml)")
     try:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError) as error:
-        raise BadRequest(f"field '{name}' is not valid JSON ({error})") from None
+        raise BadRequest(f"{what} is not valid JSON ({error})") from None
 
 
 def json_depth(text: str) -> int:
@@ -83,25 +91,50 @@ def json_depth(text: str) -> int:
     return deepest
 
 
-def kserve_v2_fields(request: dict[str, Any], settings: HandlerSettings) -> dict[str, Any] | None:
+def kserve_v2_fields(request: dict[str, Any], settings: HandlerSettings,
+                     header_length: str | None = None) -> dict[str, Any] | None:
     """The fields of a KServe v2 inference request (``{"inputs": [{"name",
-    "datatype", "data"}, ...]}``, the video as base64 BYTES), or None for any
-    other request."""
+    "datatype", "data"}, ...]}``: JSON with the video as base64 BYTES, or
+    binary with ``header_length``), or None for any other request."""
     body = request.get("body")  # a request that is not a multipart form
     if body is None and isinstance(request.get("data"), dict):  # a form part TorchServe decoded as JSON
         body = request["data"]
-    if isinstance(body, (bytes, bytearray)):
+    if header_length is not None and isinstance(body, (bytes, bytearray)):
+        message = _v2_binary_message(body, header_length, settings)
+    elif isinstance(body, (bytes, bytearray)):
         if body[:1] != b"{":
             return None
         # the base64 video makes the body a third larger than the video
-        max_bytes = settings.max_video_bytes * 4 // 3 + settings.max_json_bytes
-        body = parse_json(body, "body", max_bytes, settings.max_json_depth)
-    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
+        message = parse_json(body, "the KServe v2 body", settings.max_video_bytes * 4 // 3 + settings.max_json_bytes,
+                             settings.max_json_depth)
+    else:
+        message = body
+    if not isinstance(message, dict) or not isinstance(message.get("inputs"), list):
+        if header_length is not None:
+            raise BadRequest("a KServe v2 binary request needs a JSON header with a list of 'inputs'")
         return None
-    if len(body["inputs"]) > MAX_V2_INPUTS:
-        raise BadRequest(f"a KServe v2 request may have at most {MAX_V2_INPUTS} inputs, not {len(body['inputs'])}")
-    fields: dict[str, Any] = {"v2_id": str(body.get("id") or "")[:256]}
-    for item in body["inputs"]:
+    return _v2_inputs(message)
+
+
+def _v2_binary_message(body: bytes | bytearray, header_length: str, settings: HandlerSettings) -> dict[str, Any]:
+    try:
+        json_header, binary = kserve_v2.split_binary(body, kserve_v2.parse_header_length(header_length))
+        message = parse_json(json_header, "the KServe v2 JSON header", settings.max_json_bytes,
+                             settings.max_json_depth)
+        if not isinstance(message, dict):
+            raise BadRequest("the KServe v2 JSON header must be an object with a list of 'inputs'")
+        return kserve_v2.attach_binary_data(message, binary, MAX_V2_ELEMENTS)
+    except kserve_v2.V2FormatError as error:
+        raise BadRequest(f"KServe v2 binary request: {error}") from None
+
+
+def _v2_inputs(message: dict[str, Any]) -> dict[str, Any]:
+    """The handler's fields from a v2 message's inputs (the first element of each)."""
+    if len(message["inputs"]) > MAX_V2_INPUTS:
+        raise BadRequest(f"a KServe v2 request may have at most {MAX_V2_INPUTS} inputs, not {len(message['inputs'])}")
+    fields: dict[str, Any] = {"v2_id": str(message.get("id") or "")[:256],
+                              "v2_binary_output": kserve_v2.wants_binary_output(message)}
+    for item in message["inputs"]:
         if not isinstance(item, dict) or "name" not in item:
             raise BadRequest("each KServe v2 input needs a 'name', a 'datatype' and 'data'")
         values = item.get("data")
@@ -110,7 +143,8 @@ def kserve_v2_fields(request: dict[str, Any], settings: HandlerSettings) -> dict
             try:
                 value = base64.b64decode(value, validate=True)
             except binascii.Error:
-                raise BadRequest("KServe v2 input 'data' must be the base64 of the video file") from None
+                raise BadRequest("KServe v2 input 'data' must be the base64 of the video file (or binary data "
+                                 "with the binary tensor extension)") from None
         fields[item["name"]] = value
     return fields
 
@@ -130,24 +164,24 @@ def _video(value: Any, max_bytes: int) -> bytes:
     return bytes(value)
 
 
-def _text(value: Any, name: str) -> str:
+def _text(value: Any, what: str) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, (bytes, bytearray)):
         try:
             return bytes(value).decode("utf-8")
         except UnicodeDecodeError:
-            raise BadRequest(f"field '{name}' is not UTF-8 text") from None
-    raise BadRequest(f"field '{name}' must be text, got {type(value).__name__}")
+            raise BadRequest(f"{what} is not UTF-8 text") from None
+    raise BadRequest(f"{what} must be text, got {type(value).__name__}")
 
 
 def _labels(value: Any, settings: HandlerSettings) -> list[str]:
     if isinstance(value, (bytes, bytearray, str)):
-        text = _text(value, "labels").strip()
+        text = _text(value, "field 'labels'").strip()
         if not text.startswith(("[", "{", '"')):
             value = text  # one plain label
         else:
-            value = parse_json(text, "labels", settings.max_json_bytes, settings.max_json_depth)
+            value = parse_json(text, "field 'labels'", settings.max_json_bytes, settings.max_json_depth)
     if isinstance(value, str):
         value = [value] if value else []
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
@@ -163,7 +197,7 @@ def _labels(value: Any, settings: HandlerSettings) -> list[str]:
 
 def _info(value: Any, settings: HandlerSettings) -> dict[str, Any]:
     if isinstance(value, (bytes, bytearray, str)):
-        value = parse_json(value, "info", settings.max_json_bytes, settings.max_json_depth)
+        value = parse_json(value, "field 'info'", settings.max_json_bytes, settings.max_json_depth)
     if not isinstance(value, dict):
         raise BadRequest('field \'info\' must be a JSON object like {"script": ..., "action_labels": [...]}')
     return value
