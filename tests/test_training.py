@@ -20,7 +20,8 @@ from tests.conftest import ROOT, TINY_CONFIG, build_model_from, run_args
 
 # one periodic checkpoint (interval 4) keeps the tests' disk use down: each is ~0.6 GB
 EXPECTED_FILES = ["config.yaml", "current.ckpt", "best.ckpt", "models/model_4.ckpt",
-                  "mmf_transformer_final.pth", "train.log", "metrics.csv", "curves.png", "vocab.txt"]
+                  "mmf_transformer_final.pth", "train.log", "metrics.csv", "curves.png", "vocab.txt",
+                  "charades_action_labels.csv"]
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -53,7 +54,8 @@ def test_training_writes_every_file(trained):
     assert current["num_updates"] == 4
     assert {"model", "optimizer", "lr_scheduler", "best_metric_value", "config"} <= set(current)
     metrics = pd.read_csv(trained / "metrics.csv")
-    assert {"train/loss", "train/lr", "val/charades/multilabel_micro_f1", "val/charades/map"} <= set(metrics["name"])
+    assert {"train/charades/logit_bce", "train/total_loss", "train/lr", "val/charades/logit_bce", "val/total_loss",
+            "val/charades/multilabel_micro_f1", "val/charades/map"} <= set(metrics["name"])
     assert "progress: 4/4" in (trained / "train.log").read_text()
     saved = build_config(trained / "config.yaml")
     assert saved.training.max_updates == 4 and saved.model_config.mmf_transformer.num_hidden_layers == 2
@@ -75,17 +77,21 @@ def test_resume_continues_the_update_count(trained, synthetic_data_dir, tmp_path
 
 def test_final_weights_reproduce_the_evaluation(trained, synthetic_data_dir, tmp_path):
     metrics = pd.read_csv(trained / "metrics.csv")
-    final_val = metrics[metrics["name"] == "val/charades/loss"]["value"].iloc[-1]
+    final_val = metrics[metrics["name"] == "val/charades/logit_bce"]["value"].iloc[-1]
     # the .pth is a plain MMF-style state dict that a fresh model loads strictly
     fresh = build_model_from(TINY_CONFIG)
     fresh.load_state_dict(load_checkpoint_file(trained / "mmf_transformer_final.pth"))
     out = tmp_path / "eval"
     run([f"config={trained / 'config.yaml'}", "run_type=val", f"env.save_dir={out}",
          f"env.data_dir={synthetic_data_dir}",
-         f"checkpoint.resume_file={trained / 'mmf_transformer_final.pth'}", "evaluation.predict=true"])
+         f"checkpoint.resume_file={trained / 'mmf_transformer_final.pth'}", "evaluation.predict=true",
+         f"env.report_dir={out / 'my_reports'}"])
     evaluated = pd.read_csv(out / "metrics.csv")
-    assert evaluated[evaluated["name"] == "val/charades/loss"]["value"].iloc[-1] == pytest.approx(final_val, rel=1e-4)
-    predictions = json.loads((out / "charades_val_predictions.json").read_text())
+    evaluated_val = evaluated[evaluated["name"] == "val/charades/logit_bce"]["value"].iloc[-1]
+    assert evaluated_val == pytest.approx(final_val, rel=1e-4)
+    # MMF's file reporter: <dataset>_<experiment>_<split>_<time>.json in env.report_dir
+    [report] = (out / "my_reports").glob("charades_run_val_*.json")
+    predictions = json.loads(report.read_text())
     assert len(predictions) == 4 and all(set(p) == {"id", "labels"} for p in predictions)
 
 
@@ -113,7 +119,8 @@ def test_two_process_torchrun(synthetic_data_dir, tmp_path):
     for name in EXPECTED_FILES:
         assert (save_dir / name).is_file(), name
     log = (save_dir / "train.log").read_text()
-    assert "world size 2" in log and log.count("progress: 4/4") == 1  # only rank 0 writes
+    assert "world size 2, batch size 2 per process" in log  # the global batch of 4, shared
+    assert log.count("progress: 4/4, train/") == 1  # only rank 0 writes
     assert load_checkpoint_file(save_dir / "current.ckpt")["num_updates"] == 4
 
 
@@ -122,11 +129,11 @@ def test_early_stop_fp16_and_gradient_clipping(synthetic_data_dir, tmp_path):
     run(run_args(synthetic_data_dir, save_dir, "training.max_updates=30", "scheduler.params.num_training_steps=30",
                  "training.evaluation_interval=1", "training.checkpoint_interval=100",
                  "training.early_stop.enabled=True",
-                 "training.early_stop.patience=1", "training.early_stop.criteria=charades/loss",
+                 "training.early_stop.patience=1", "training.early_stop.criteria=charades/logit_bce",
                  "training.early_stop.minimize=True", "optimizer.params.lr=1e-9", "training.fp16=True",
                  "training.clip_gradients=True", "training.max_grad_l2_norm=0.5"))
     log = (save_dir / "train.log").read_text()
-    assert "early stop: no improvement of charades/loss" in log
+    assert "early stop: no improvement of charades/logit_bce" in log
     if not torch.cuda.is_available():
         assert "training.fp16 needs a CUDA device" in log
     updates = load_checkpoint_file(save_dir / "current.ckpt")["num_updates"]
