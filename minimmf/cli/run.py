@@ -29,7 +29,7 @@ from minimmf.utils import distributed
 from minimmf.utils.checkpoint import CheckpointMismatchError
 from minimmf.utils.config_checks import check_config, check_data
 from minimmf.utils.configuration import ConfigError, build_config
-from minimmf.utils.env import import_user_dir, pick_seed
+from minimmf.utils.env import import_user_dir, pick_seed, setup_imports
 from minimmf.utils.logger import setup_very_basic_config
 
 # what a user can fix from the message alone; anything else is a bug worth its traceback
@@ -44,7 +44,9 @@ def _fail(error: BaseException) -> None:
 def train_in_this_process(config: DictConfig) -> None:
     """One process of the run (also the target of the processes mmf_run starts)."""
     setup_very_basic_config()
-    import_user_dir(config.env.user_dir)  # a started process imports nothing by itself
+    # a started process has imported nothing yet
+    setup_imports()
+    import_user_dir(config.env.user_dir)
     try:
         MMFTrainer(config).run()
     except USER_ERRORS as error:

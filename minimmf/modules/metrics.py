@@ -6,6 +6,10 @@ Each metric takes sigmoid-able ``scores`` (N, C) logits and multi-hot
 ``map`` is Charades' standard mean average precision over the classes that
 have at least one positive (MMF's own ``ap`` metrics apply a softmax, which
 does not fit multi-label data).
+
+``evaluation.metrics`` lists names or MMF's dict form, ``{type, key, params,
+datasets}``: ``key`` renames the report entry, ``params`` go to the metric,
+``datasets`` limits it to those datasets.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ def monitored_key(criteria: str) -> str:
 
 def check_criteria(criteria: str, known_keys: Iterable[str]) -> None:
     """Raise, listing the known keys, when the criteria is not one of them."""
-    known = sorted(known_keys)
+    known = list(known_keys)
     if monitored_key(criteria) not in known:
         shown = ", ".join(key.removeprefix("val/") for key in known)
         raise ConfigError(f"training.early_stop.criteria={criteria!r} is not in the validation report; "

@@ -25,19 +25,26 @@ def setup_very_basic_config(level: int | str = logging.INFO) -> None:
     handlers a host application (TorchServe, pytest) already installed."""
     logger = logging.getLogger("minimmf")
     logger.setLevel(level)
-    handler = _console_handler()
-    if handler is None:
-        handler = logging.StreamHandler(sys.stdout)
+    if _console_handler() is None:
+        handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter(_FORMAT, _DATE_FORMAT))
-        handler._minimmf = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
-    elif handler.stream is not sys.stdout:
-        # stdout was replaced since (pytest does, per test): follow it
-        handler.stream = sys.stdout
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at the time (pytest and notebooks replace it)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 def _console_handler() -> logging.Handler | None:
-    return next((h for h in logging.getLogger("minimmf").handlers if getattr(h, "_minimmf", False)), None)
+    return next((h for h in logging.getLogger("minimmf").handlers if isinstance(h, _StdoutHandler)), None)
 
 
 def add_file_handler(path: str | os.PathLike, level: int | str = logging.INFO) -> logging.Handler:
