@@ -4,6 +4,7 @@ resuming, reloading the final weights, and a 2-process torchrun run."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from minimmf.cli.run import run
 from minimmf.utils.checkpoint import load_checkpoint_file
@@ -61,6 +63,31 @@ def test_training_writes_every_file(trained):
     assert saved.training.max_updates == 4 and saved.model_config.mmf_transformer.num_hidden_layers == 2
 
 
+def test_saved_config_says_what_ran(trained):
+    saved = OmegaConf.load(trained / "config.yaml")
+    expected_device = "cuda" if torch.cuda.is_available() else "cpu"  # the defaults ask for cuda
+    assert (saved.training.device, saved.training.seed, saved.distributed.world_size) == (expected_device, 1, 1)
+
+
+def test_save_dir_holds_the_class_list_the_handler_reads(trained, synthetic_data_dir):
+    from minimmf.datasets.builders.charades._utils import read_action_labels
+    from minimmf.datasets.builders.charades.builder import CharadesBuilder
+
+    config = build_config(trained / "config.yaml", [f"env.data_dir={synthetic_data_dir}"])
+    dataset = CharadesBuilder().load(config.dataset_config.charades, "val")
+    assert read_action_labels(trained / "charades_action_labels.csv") == dataset.classes
+
+
+def test_each_run_logs_into_its_own_files_only(trained, synthetic_data_dir, tmp_path):
+    before = (trained / "train.log").read_text()
+    run([f"config={trained / 'config.yaml'}", "run_type=val", f"env.save_dir={tmp_path}",
+         f"env.data_dir={synthetic_data_dir}", f"checkpoint.resume_file={trained / 'mmf_transformer_final.pth'}"])
+    assert (trained / "train.log").read_text() == before
+    log = (tmp_path / "train.log").read_text()
+    assert "split: val" in log and "progress: 4/4" not in log
+    assert not any(isinstance(h, logging.FileHandler) for h in logging.getLogger("minimmf").handlers)
+
+
 def test_resume_continues_the_update_count(trained, synthetic_data_dir, tmp_path):
     import shutil
 
@@ -70,7 +97,11 @@ def test_resume_continues_the_update_count(trained, synthetic_data_dir, tmp_path
         shutil.copy(trained / name, resumed / name)
     run(run_args(synthetic_data_dir, resumed, "checkpoint.resume=True", "training.max_updates=6",
                  "scheduler.params.num_training_steps=6"))
-    assert load_checkpoint_file(resumed / "current.ckpt")["num_updates"] == 6
+    current = load_checkpoint_file(resumed / "current.ckpt")
+    assert (current["num_updates"], current["current_iteration"]) == (6, 6)
+    # the optimizer and the schedule went on from update 4 rather than starting over
+    assert current["lr_scheduler"]["last_epoch"] == 6
+    assert all(int(state["step"]) == 6 for state in current["optimizer"]["state"].values())
     assert (resumed / "models" / "model_6.ckpt").is_file()
     assert "resumed from" in (resumed / "train.log").read_text()
 
@@ -102,6 +133,18 @@ def test_prediction_labels_follow_the_threshold(trained, synthetic_data_dir):
     dataset = CharadesBuilder().load(config.dataset_config.charades, "val")
     scores = torch.tensor([[3.0, -3.0] + [-9.0] * 6])
     assert dataset.format_for_prediction(["x"], scores) == [{"id": "x", "labels": [dataset.classes[0]]}]
+
+
+@pytest.mark.slow
+def test_mmf_run_starts_its_own_processes(synthetic_data_dir, tmp_path):
+    """distributed.world_size=2 on the CPU: mmf_run spawns two gloo processes itself."""
+    save_dir = tmp_path / "spawned"
+    run(run_args(synthetic_data_dir, save_dir, "distributed.world_size=2", "training.max_epochs=1"))
+    log = (save_dir / "train.log").read_text()
+    assert "world size 2, batch size 2 per process" in log
+    # one epoch: 12 videos over 2 processes, batches of 2 per process
+    assert load_checkpoint_file(save_dir / "current.ckpt")["num_updates"] == 3
+    assert OmegaConf.load(save_dir / "config.yaml").distributed.world_size == 2
 
 
 @pytest.mark.slow
