@@ -222,6 +222,7 @@ def test_the_default_config_warns_about_nothing_and_inert_changes_are_named():
     ("training.batch_size_per_device=0", "training.batch_size_per_device=0"),
     ("training.seed=abc", "training.seed='abc'"),
     ("training.logger_level=loud", "training.logger_level='loud'"),
+    ("checkpoint.pretrained_state_mapping={backend: backend}", "e.g. \"{'backend': 'backend'}\""),
     ("datasets=charades,charades", "one dataset at a time"),
 ])
 def test_what_cannot_apply_is_refused_by_name(synthetic_data_dir, tmp_path, capsys, option, expected):

@@ -118,7 +118,7 @@ def load_partial_state(model: nn.Module, state_dict: Mapping[str, Any], source: 
         raise CheckpointMismatchError(
             f"{source}: " + _mismatch_message([], [], mis_shaped) + "\nTo start from the parts that fit, set "
             "checkpoint.resume_pretrained=True and checkpoint.pretrained_state_mapping={<model prefix>: "
-            "<checkpoint prefix>, ...}, e.g. {backend: backend, encoders: encoders}.")
+            "<checkpoint prefix>, ...}, e.g. \"{'backend': 'backend', 'encoders': 'encoders'}\".")
     if missing:
         logger.warning("%s lacks %d of the model's weights, which keep their initial values: %s",
                        source, len(missing), _shown(missing))

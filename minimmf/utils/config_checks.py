@@ -168,6 +168,10 @@ def _check_choices(config: DictConfig) -> None:
                           f"are made from {' and '.join(REQUIRED_CANDIDATE_FIELDS)}; keep them in the list")
     if reporter_params.get("predict_file_format", "json") not in ("json", "csv"):
         raise ConfigError("evaluation.reporter.params.predict_file_format: use json or csv")
+    mapping = config.checkpoint.pretrained_state_mapping
+    if not isinstance(mapping, DictConfig) or not all(isinstance(v, str) for v in mapping.values()):
+        raise ConfigError(f"checkpoint.pretrained_state_mapping={_plain(mapping)!r}: expected {{<model prefix>: "
+                          "<checkpoint prefix>, ...}, e.g. \"{'backend': 'backend'}\" on the command line")
 
 
 def _check_processes_and_batch(config: DictConfig) -> None:
