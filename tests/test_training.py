@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 
@@ -18,6 +17,7 @@ from omegaconf import OmegaConf
 from minimmf.cli.run import run
 from minimmf.utils.checkpoint import load_checkpoint_file
 from minimmf.utils.configuration import build_config
+from minimmf.utils.distributed import find_free_port
 from tests.conftest import ROOT, TINY_CONFIG, build_model_from, run_args
 
 # one periodic checkpoint (interval 4) keeps the tests' disk use down: each is ~0.6 GB
@@ -136,10 +136,13 @@ def test_prediction_labels_follow_the_threshold(trained, synthetic_data_dir):
 
 
 @pytest.mark.slow
-def test_mmf_run_starts_its_own_processes(synthetic_data_dir, tmp_path):
+def test_mmf_run_starts_its_own_processes(synthetic_data_dir, tmp_path, capsys):
     """distributed.world_size=2 on the CPU: mmf_run spawns two gloo processes itself."""
     save_dir = tmp_path / "spawned"
-    run(run_args(synthetic_data_dir, save_dir, "distributed.world_size=2", "training.max_epochs=1"))
+    port = find_free_port()
+    run(run_args(synthetic_data_dir, save_dir, "distributed.world_size=2", f"distributed.port={port}",
+                 "training.max_epochs=1"))
+    assert f"starting 2 processes (port {port})" in capsys.readouterr().out
     log = (save_dir / "train.log").read_text()
     assert "world size 2, batch size 2 per process" in log
     # one epoch: 12 videos over 2 processes, batches of 2 per process
@@ -151,9 +154,7 @@ def test_mmf_run_starts_its_own_processes(synthetic_data_dir, tmp_path):
 def test_two_process_torchrun(synthetic_data_dir, tmp_path):
     save_dir = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = find_free_port()
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
          "-m", "minimmf.cli.run", *run_args(synthetic_data_dir, save_dir)],

@@ -99,6 +99,7 @@ def options_run(synthetic_data_dir, tmp_path_factory):
                  "training.update_frequency=2", "training.batch_size_per_device=2",
                  "training.evaluation_interval=2", "training.checkpoint_interval=1", "checkpoint.max_to_keep=1",
                  "training.tensorboard=true", f"env.tensorboard_logdir={root / 'tb'}", f"env.log_dir={root / 'logs'}",
+                 "training.clip_gradients=true", "training.max_grad_l2_norm=1.0",
                  "training.log_format=json", "training.seed=null", "training.detect_anomaly=true",
                  "training.cudnn_benchmark=true", "training.evaluate_metrics=true",
                  f"env.user_dir={root / 'probe_components'}", f"evaluation.metrics={PROBE_METRICS}",
@@ -160,6 +161,7 @@ def test_tensorboard_scalars_in_tensorboard_logdir(options_run):
     assert {"train/total_loss", "train/lr", "val/total_loss", "val/charades/map"} <= set(events.Tags()["scalars"])
     # MMF's steps are iterations: two batches per update here
     assert [event.step for event in events.Scalars("train/total_loss")] == [2, 4]
+    assert [event.step for event in events.Scalars("grad_norm")] == [2, 4]  # the norm before clipping
 
 
 def test_predictions_as_csv_in_mmfs_report_layout(options_run):
@@ -177,6 +179,18 @@ def test_max_to_keep_and_git_details_and_log_dir(options_run):
     assert load_checkpoint_file(save_dir / "current.ckpt")["git/commit_hash"] == head.strip()
     [run_log] = (options_run / "logs").glob("train_*.log")
     assert "Using seed" in run_log.read_text()
+
+
+def test_logging_options(trained, synthetic_data_dir, tmp_path):
+    evaluate = [f"config={trained / 'config.yaml'}", "run_type=val", f"env.data_dir={synthetic_data_dir}",
+                f"checkpoint.resume_file={trained / 'mmf_transformer_final.pth'}"]
+    run([*evaluate, f"env.save_dir={tmp_path / 'quiet'}", "training.should_not_log=true"])
+    assert (tmp_path / "quiet" / "metrics.csv").is_file()
+    assert not (tmp_path / "quiet" / "train.log").exists() and not (tmp_path / "quiet" / "logs").exists()
+    run([*evaluate, f"env.save_dir={tmp_path / 'warnings'}", "training.logger_level=warning"])
+    assert " | INFO | " not in (tmp_path / "warnings" / "train.log").read_text()
+    run([*evaluate, f"env.save_dir={tmp_path / 'detailed'}", "training.log_detailed_config=true"])
+    assert "config:\n" in (tmp_path / "detailed" / "train.log").read_text()
 
 
 # ------------------------------------------------------------- config checks
