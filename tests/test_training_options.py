@@ -238,6 +238,8 @@ def test_the_default_config_warns_about_nothing_and_inert_changes_are_named():
     ("training.logger_level=loud", "training.logger_level='loud'"),
     ("checkpoint.pretrained_state_mapping={backend: backend}", "e.g. \"{'backend': 'backend'}\""),
     ("datasets=charades,charades", "one dataset at a time"),
+    ("distributed.world_size=two", "distributed.world_size='two'"),
+    ("model_config.mmf_transformer.losses=[]", "training needs a loss"),
 ])
 def test_what_cannot_apply_is_refused_by_name(synthetic_data_dir, tmp_path, capsys, option, expected):
     with pytest.raises(SystemExit) as exit_info:

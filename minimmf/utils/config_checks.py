@@ -114,6 +114,9 @@ def check_config(config: DictConfig) -> None:
     if config.training.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("training.tensorboard=true needs the tensorboard package: pip install tensorboard")
     if "train" in run_types:
+        if not config.model_config[config.model].get("losses", None):
+            raise ConfigError(f"model_config.{config.model}.losses is empty: training needs a loss, e.g. "
+                              "[{type: logit_bce}]")
         check_criteria(str(config.training.early_stop.criteria), validation_report_keys(config))
 
 
@@ -175,9 +178,10 @@ def _check_choices(config: DictConfig) -> None:
 
 
 def _check_processes_and_batch(config: DictConfig) -> None:
+    for key, minimum in (("distributed.world_size", 1), ("distributed.rank", 0), ("distributed.port", -1)):
+        if not _is_int(_lookup(config, key), minimum):
+            raise ConfigError(f"{key}={_lookup(config, key)!r}: expected an integer >= {minimum}")
     world_size = distributed.planned_world_size(config)
-    if not _is_int(world_size, 1):
-        raise ConfigError(f"distributed.world_size={world_size!r}: expected an integer >= 1")
     gpus = torch.cuda.device_count()
     if distributed.should_spawn(config) and config.training.device == "cuda" and 0 < gpus < world_size:
         raise ConfigError(f"distributed.world_size={world_size} but {gpus} GPU(s) are visible; set "
