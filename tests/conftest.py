@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,12 @@ def synthetic_data_dir(tmp_path_factory) -> Path:
     make_synthetic(["--out", str(out), "--num-classes", str(SYNTHETIC_CLASSES), "--num-train", "12",
                     "--num-test", "4", "--duration", "2", "--width", "96", "--height", "64", "--quiet"])
     return out
+
+
+def git_head() -> str | None:
+    """The commit the code runs from, or None outside a git checkout (checkpoints then have no git fields)."""
+    result = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else None
 
 
 def synthetic_root(data_dir: Path) -> Path:

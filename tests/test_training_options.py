@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import subprocess
 
 import pandas as pd
 import pytest
@@ -23,7 +22,7 @@ from minimmf.utils.config_checks import check_config, config_warnings
 from minimmf.utils.configuration import ConfigError, build_config
 from minimmf.utils.general import clip_gradients, get_batch_size, get_max_updates
 from minimmf.utils.logger import ColorfulFormatter
-from tests.conftest import ROOT, TINY_CONFIG, run_args
+from tests.conftest import TINY_CONFIG, git_head, run_args
 
 # every leaf key of MMF's mmf/configs/defaults.yaml (main branch)
 MMF_DEFAULT_KEYS = [
@@ -175,8 +174,7 @@ def test_predictions_as_csv_in_mmfs_report_layout(options_run):
 def test_max_to_keep_and_git_details_and_log_dir(options_run):
     save_dir = options_run / "save"
     assert sorted(path.name for path in (save_dir / "models").iterdir()) == ["model_2.ckpt"]
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    assert load_checkpoint_file(save_dir / "current.ckpt")["git/commit_hash"] == head.strip()
+    assert load_checkpoint_file(save_dir / "current.ckpt").get("git/commit_hash") == git_head()
     [run_log] = (options_run / "logs").glob("train_*.log")
     assert "Using seed" in run_log.read_text()
 
