@@ -124,6 +124,12 @@ def test_split(synthetic_data_dir) -> list[tuple[Path, str]]:
     return [(Path(row.path), row.script) for row in df.itertuples()]
 
 
+def git_head() -> str | None:
+    """The commit the code runs from, or None outside a git checkout (checkpoints then have no git fields)."""
+    result = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
 def run_args(data_dir: Path, save_dir: Path, *extra: str) -> list[str]:
     """mmf_run arguments for a 4-update run of the tiny config."""
     return [f"config={TINY_CONFIG}", "run_type=train_val", "dataset=charades", "model=mmf_transformer",

@@ -59,3 +59,15 @@ def test_map_averages_classes_with_positives_only():
 def test_unknown_metric_is_an_error():
     with pytest.raises(ValueError, match="no metric named 'accuracy'"):
         build_metrics(["accuracy"])
+
+
+def test_metrics_take_mmfs_dict_form():
+    metrics = build_metrics(["map", {"type": "multilabel_micro_f1", "key": "f1", "datasets": ["other"]}])
+    assert list(metrics) == ["map", "f1"]
+    assert metrics["map"].applies_to("charades") and not metrics["f1"].applies_to("charades")
+    scores, targets = logits([[0.9, 0.2]]), torch.tensor([[1.0, 0.0]])
+    assert metrics["f1"](scores, targets) == 1.0
+    with pytest.raises(ValueError, match="metric 'map' does not take params"):
+        build_metrics([{"type": "map", "params": {"average": "micro"}}])
+    with pytest.raises(ValueError, match="lists 'map' twice"):
+        build_metrics(["map", {"type": "map"}])

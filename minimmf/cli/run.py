@@ -4,57 +4,53 @@
         run_type=train_val dataset=charades model=mmf_transformer \\
         env.data_dir=./data training.batch_size=4 training.max_updates=5000
 
-Every argument is ``key=value``: ``config`` (the experiment file), ``model``,
-``dataset``, ``run_type`` (train, val, test or an _-joined combination) and
-any config key in dot notation. Under ``torchrun`` it trains with
-DistributedDataParallel.
+Every argument is ``key=value``: ``config`` (the experiment file, also found
+from the repository root, so the command works from any directory),
+``model``, ``dataset``, ``run_type`` (train, val, test or an _-joined
+combination) and any key of MMF's config in dot notation.
+
+As MMF's ``mmf_run``, it starts one process per visible GPU
+(``distributed.world_size``; set it to run several CPU processes), or none
+with ``distributed.no_spawn=true``; under ``torchrun`` it uses torchrun's.
+A mistake in the command or the config ends in ``mmf_run: error: ...`` and
+exit status 2, before any work starts where it can be known then.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Sequence
 
 from omegaconf import DictConfig
+from torch.multiprocessing import ProcessExitedException
 
-from minimmf.trainers.mmf_trainer import MMFTrainer, parse_run_type
+from minimmf.trainers.mmf_trainer import MMFTrainer
+from minimmf.utils import distributed
+from minimmf.utils.checkpoint import CheckpointMismatchError
+from minimmf.utils.config_checks import check_config, check_data
 from minimmf.utils.configuration import ConfigError, build_config
+from minimmf.utils.env import import_user_dir, pick_seed, setup_imports
 from minimmf.utils.logger import setup_very_basic_config
 
-logger = logging.getLogger("minimmf.cli.run")
-
-_POSITIVE_INTS = ("training.batch_size", "training.max_updates", "training.log_interval",
-                  "training.evaluation_interval", "training.checkpoint_interval")
-_NON_NEGATIVE_INTS = ("training.num_workers", "training.early_stop.patience")
+# what a user can fix from the message alone; anything else is a bug worth its traceback
+USER_ERRORS = (ConfigError, CheckpointMismatchError, FileNotFoundError)
 
 
-def _lookup(config: DictConfig, dotted: str):
-    node = config
-    for part in dotted.split("."):
-        node = node.get(part) if node is not None else None
-    return node
+def _fail(error: BaseException) -> None:
+    print(f"mmf_run: error: {error}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
-def check_config(config: DictConfig) -> None:
-    """Reject values the trainer cannot use, naming the key."""
+def train_in_this_process(config: DictConfig) -> None:
+    """One process of the run (also the target of the processes mmf_run starts)."""
+    setup_very_basic_config()
+    # a started process has imported nothing yet
+    setup_imports()
+    import_user_dir(config.env.user_dir)
     try:
-        parse_run_type(config.run_type)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    for key in _POSITIVE_INTS + _NON_NEGATIVE_INTS:
-        value = _lookup(config, key)
-        minimum = 1 if key in _POSITIVE_INTS else 0
-        if key == "training.max_updates" and value is None and config.training.get("max_epochs") is not None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ConfigError(f"{key}={value!r}: expected an integer >= {minimum}")
-    lr = _lookup(config, "optimizer.params.lr")
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
-        raise ConfigError(f"optimizer.params.lr={lr!r}: expected a positive number")
-    if not config.get("config"):
-        raise ConfigError("config=<experiment yaml> is required, e.g. "
-                          "config=projects/mmf_transformer/configs/charades/direct.yaml")
+        MMFTrainer(config).run()
+    except USER_ERRORS as error:
+        _fail(error)
 
 
 def run(opts: Sequence[str] | None = None) -> None:
@@ -67,10 +63,19 @@ def run(opts: Sequence[str] | None = None) -> None:
     try:
         config = build_config(None, opts)
         check_config(config)
-    except (ConfigError, FileNotFoundError) as error:
-        print(f"mmf_run: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    MMFTrainer(config).run()
+        check_data(config)
+    except USER_ERRORS as error:
+        _fail(error)
+    if not distributed.should_spawn(config):
+        train_in_this_process(config)
+        return
+    # every process must start from the same seed
+    config.training.seed = pick_seed(config.training.seed)
+    try:
+        distributed.spawn(train_in_this_process, config)
+    except ProcessExitedException as error:
+        # the process said why (mmf_run: error: ...) or printed its traceback
+        raise SystemExit(error.exit_code or 1) from None
 
 
 if __name__ == "__main__":

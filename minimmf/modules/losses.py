@@ -32,17 +32,22 @@ def _single_name(value: Any) -> str:
     return str(value)
 
 
+def loss_name(params: Any) -> str:
+    """The name a configured loss reports under (its type)."""
+    if isinstance(params, str):
+        return params
+    if isinstance(params, collections.abc.Mapping) and "type" in params:
+        return str(params["type"])
+    raise ValueError(f"a loss must be a name or have a 'type' field, got {params!r}")
+
+
 class MMFLoss(nn.Module):
     """One configured loss (``{type: logit_bce, params: {...}}`` or a name)."""
 
     def __init__(self, params: Any):
         super().__init__()
-        if isinstance(params, str):
-            name, loss_params = params, {}
-        elif isinstance(params, collections.abc.Mapping) and "type" in params:
-            name, loss_params = params["type"], params.get("params", None) or {}
-        else:
-            raise ValueError(f"a loss must be a name or have a 'type' field, got {params!r}")
+        name = loss_name(params)
+        loss_params = {} if isinstance(params, str) else (params.get("params", None) or {})
         loss_class = registry.require("loss", name)
         self.name = name
         self.loss_criterion = loss_class(**loss_params)

@@ -6,11 +6,20 @@ Each metric takes sigmoid-able ``scores`` (N, C) logits and multi-hot
 ``map`` is Charades' standard mean average precision over the classes that
 have at least one positive (MMF's own ``ap`` metrics apply a softmax, which
 does not fit multi-label data).
+
+``evaluation.metrics`` lists names or MMF's dict form, ``{type, key, params,
+datasets}``: ``key`` renames the report entry, ``params`` go to the metric,
+``datasets`` limits it to those datasets.
 """
 
 from __future__ import annotations
 
+import collections.abc
+import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -66,5 +75,45 @@ def mean_average_precision(scores: Tensor, targets: Tensor) -> float:
     return sum(average_precision(probabilities[:, c], targets[:, c]) for c in with_positives) / len(with_positives)
 
 
-def build_metrics(names: Sequence[str]) -> dict[str, Metric]:
-    return {name: registry.require("metric", name) for name in names}
+@dataclass
+class ConfiguredMetric:
+    """One entry of ``evaluation.metrics``, reported as ``<split>/<dataset>/<key>``."""
+
+    key: str
+    function: Metric
+    # the datasets it applies to; empty: every dataset
+    datasets: list[str] = field(default_factory=list)
+
+    def applies_to(self, dataset_name: str) -> bool:
+        return not self.datasets or dataset_name in self.datasets
+
+    def __call__(self, scores: Tensor, targets: Tensor) -> float:
+        return self.function(scores, targets)
+
+
+def build_metric(entry: Any) -> ConfiguredMetric:
+    """A metric name, or MMF's ``{type, key, params, datasets}`` form."""
+    if isinstance(entry, str):
+        return ConfiguredMetric(entry, registry.require("metric", entry))
+    if not isinstance(entry, collections.abc.Mapping) or "type" not in entry:
+        raise ValueError(f"evaluation.metrics entry {entry!r} must be a metric name or have a 'type'")
+    metric_type = str(entry["type"])
+    function = registry.require("metric", metric_type)
+    params = dict(entry.get("params", None) or {})
+    try:
+        inspect.signature(function).bind(None, None, **params)
+    except TypeError as error:
+        raise ValueError(f"metric {metric_type!r} does not take params {params}: {error}") from None
+    datasets = [str(name) for name in entry.get("datasets", None) or []]
+    return ConfiguredMetric(str(entry.get("key", metric_type)), partial(function, **params), datasets)
+
+
+def build_metrics(metric_list: Sequence[Any]) -> dict[str, ConfiguredMetric]:
+    """``evaluation.metrics`` -> {key: metric}; a key may appear once."""
+    metrics: dict[str, ConfiguredMetric] = {}
+    for entry in metric_list:
+        metric = build_metric(entry)
+        if metric.key in metrics:
+            raise ValueError(f"evaluation.metrics lists {metric.key!r} twice; give one of them another 'key'")
+        metrics[metric.key] = metric
+    return metrics

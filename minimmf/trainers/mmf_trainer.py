@@ -1,55 +1,49 @@
 """MMF's trainer, plainly: build the data, model, optimizer and scheduler
-from the config, then train for ``max_updates``, evaluating every
-``evaluation_interval`` updates, checkpointing every ``checkpoint_interval``,
-keeping the best model by ``early_stop.criteria``, and finishing with
-``mmf_transformer_final.pth`` (the best model's plain state dict).
+from the config, then train for ``max_updates`` updates of
+``update_frequency`` batches each, evaluating every ``evaluation_interval``
+updates, checkpointing every ``checkpoint_interval``, keeping the best model
+by ``early_stop.criteria``, and finishing with ``mmf_transformer_final.pth``
+(the best model's plain state dict).
 
-Runs in one process or under torchrun (DistributedDataParallel; only rank 0
-writes files).
+Runs in one process or in several (DistributedDataParallel; only the main
+process writes files).
 """
 
 from __future__ import annotations
 
-import json
+import itertools
 import logging
-import math
 import sys
 import time
+from collections.abc import Iterable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from minimmf.common import test_reporter
 from minimmf.common.registry import registry
 from minimmf.common.sample import SampleList
-from minimmf.modules.losses import total_loss
+from minimmf.datasets.builders.charades._utils import write_action_labels_csv
 from minimmf.modules.metrics import build_metrics
 from minimmf.utils import distributed
 from minimmf.utils.build import build_model, build_optimizer, build_scheduler
 from minimmf.utils.checkpoint import Checkpoint
-from minimmf.utils.env import set_seed
-from minimmf.utils.logger import MetricsLogger, add_file_handler
+from minimmf.utils.config_checks import config_warnings, dataset_names, parse_run_type, splits_to_load
+from minimmf.utils.configuration import ConfigError
+from minimmf.utils.early_stopping import EarlyStopping
+from minimmf.utils.env import pick_seed, set_seed
+from minimmf.utils.general import clip_gradients, get_batch_size, get_max_updates
+from minimmf.utils.logger import MetricsLogger, RunLogging, TensorboardLogger, log_folder, log_progress
 
 logger = logging.getLogger(__name__)
-
-RUN_TYPES = ("train", "val", "test", "inference")
-
-
-def parse_run_type(run_type: str) -> set[str]:
-    """``train_val`` -> {"train", "val"}; ``inference`` means val and test."""
-    parts = set(str(run_type).split("_"))
-    unknown = parts - set(RUN_TYPES)
-    if not parts or unknown:
-        raise ValueError(f"run_type={run_type!r}: unknown part(s) {sorted(unknown)}; use train, val, test "
-                         "or an _-joined combination such as train_val")
-    if "inference" in parts:
-        parts = (parts - {"inference"}) | {"val", "test"}
-    return parts
 
 
 class BatchCollator:
@@ -70,27 +64,89 @@ class MMFTrainer:
         self.training_config = config.training
         self.run_types = parse_run_type(config.run_type)
         self.save_dir = Path(config.env.save_dir)
-        self.device = distributed.init_from_environment()
-        self.is_main = distributed.is_main()
-        if not self.is_main:  # one rank reports
-            logging.getLogger("minimmf").setLevel(logging.WARNING)
-        seed = self.training_config.seed
-        # every rank starts from the same weights; data order still differs per rank via the sampler
-        self.seed = set_seed(distributed.broadcast_object(set_seed(seed)) if seed == -1 else seed)
         self.num_updates = 0
+        self.current_iteration = 0
         self.current_epoch = 0
-        self.best_update = 0
-        self.best_metric: float | None = None
+        self.run_logging: RunLogging | None = None
+        self.metrics_logger: MetricsLogger | None = None
+        self.tensorboard: TensorboardLogger | None = None
 
     # ------------------------------------------------------------------ set-up
 
     def load(self) -> None:
+        self.configure_device()
+        self.configure_seed()
+        self.run_logging = RunLogging(self.config, self.is_main)
+        self.record_what_runs()
         if self.is_main:
             self.save_dir.mkdir(parents=True, exist_ok=True)
-            add_file_handler(self.save_dir / "train.log")
             OmegaConf.save(self.config, self.save_dir / "config.yaml")
-        logger.info("seed %d, device %s, world size %d", self.seed, self.device, distributed.get_world_size())
+            for message in config_warnings(self.config):
+                logger.warning(message)
+            if self.training_config.log_detailed_config:
+                logger.info("config:\n%s", OmegaConf.to_yaml(self.config))
         self.load_datasets()
+        self.load_model_and_optimizer()
+        self.early_stopping = EarlyStopping(self.training_config.early_stop)
+        self.checkpoint = Checkpoint(self)
+        self.checkpoint.load_state_dict()
+        self.parallelize_model()
+        self.metrics = {key: metric for key, metric in build_metrics(self.config.evaluation.metrics).items()
+                        if metric.applies_to(self.dataset_name)}
+        if self.is_main:
+            self.metrics_logger = MetricsLogger(self.save_dir)
+            if self.training_config.tensorboard:
+                self.tensorboard = TensorboardLogger(self.config.env.tensorboard_logdir or log_folder(self.config))
+
+    def configure_device(self) -> None:
+        self.device = distributed.choose_device(str(self.training_config.device))
+        self.backend = distributed.init_process_group(self.config, self.device)
+        self.is_main = distributed.is_main()
+        self.batch_size = get_batch_size(self.training_config, distributed.get_world_size())
+
+    def configure_seed(self) -> None:
+        # one base seed for every process (their samplers must agree), and, as MMF,
+        # each process's random streams seeded with base + rank
+        self.seed = distributed.broadcast_object(pick_seed(self.training_config.seed))
+        set_seed(self.seed + distributed.get_rank())
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = bool(self.training_config.cudnn_benchmark)
+
+    def record_what_runs(self) -> None:
+        """The saved config says what ran, not what was asked for."""
+        self.config.training.seed = self.seed
+        self.config.training.device = self.device.type
+        self.config.distributed.world_size = distributed.get_world_size()
+        if self.backend is not None:
+            self.config.distributed.backend = self.backend
+        logger.info("Using seed %d", self.seed)
+        logger.info("device %s, world size %d, batch size %d per process, update frequency %d", self.device,
+                    distributed.get_world_size(), self.batch_size, self.training_config.update_frequency)
+
+    def load_datasets(self) -> None:
+        self.dataset_name = dataset_names(self.config)[0]
+        builder = registry.require("builder", self.dataset_name)()
+        dataset_config = self.config.dataset_config[self.dataset_name]
+        self.datasets = {split: builder.load(dataset_config, split) for split in splits_to_load(self.run_types)}
+        for split, dataset in self.datasets.items():
+            logger.info("%s split: %d videos", split, len(dataset))
+            if len(dataset) == 0:
+                raise ConfigError(f"the {split} split of {self.dataset_name} has no videos; check env.data_dir "
+                                  f"(now {self.config.env.data_dir})")
+        first = next(iter(self.datasets.values()))
+        if self.is_main:
+            if hasattr(first.text_processor, "save_vocabulary"):
+                first.text_processor.save_vocabulary(self.save_dir)
+            self.write_class_list(first.classes)
+
+    def write_class_list(self, classes: list[str]) -> None:
+        """``<dataset>_action_labels.csv``: the class list in the labels-CSV format
+        the serving handler reads (one row per class, so none is missing), so
+        that ``save/`` holds everything the archive needs."""
+        rows = pd.DataFrame({"action_labels": [[name] for name in classes]})
+        write_action_labels_csv(rows, self.save_dir / f"{self.dataset_name}_action_labels.csv")
+
+    def load_model_and_optimizer(self) -> None:
         self.model = build_model(self.config).to(self.device)
         parameters = sum(p.numel() for p in self.model.parameters())
         logger.info("model %s: %s parameters", self.config.model, f"{parameters:,}")
@@ -103,31 +159,12 @@ class MMFTrainer:
             use_fp16 = False
         self.autocast_dtype = torch.float16 if use_fp16 else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
-        self.checkpoint = Checkpoint(self)
-        self.checkpoint.load_state_dict()
+
+    def parallelize_model(self) -> None:
         if distributed.is_dist_initialized():
             self.model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=bool(self.training_config.find_unused_parameters))
-        self.metrics = build_metrics(self.config.evaluation.metrics)
-        self.metrics_logger = MetricsLogger(self.save_dir) if self.is_main else None
-
-    def load_datasets(self) -> None:
-        self.dataset_name = self.config.datasets.split(",")[0]
-        builder = registry.require("builder", self.dataset_name)()
-        dataset_config = self.config.dataset_config[self.dataset_name]
-        splits = set(self.run_types)
-        if "train" in splits:
-            splits.add("val")
-        self.datasets = {split: builder.load(dataset_config, split) for split in sorted(splits)}
-        for split, dataset in self.datasets.items():
-            logger.info("%s split: %d videos", split, len(dataset))
-            if len(dataset) == 0:
-                raise RuntimeError(f"the {split} split of {self.dataset_name} has no videos; check env.data_dir "
-                                   f"(now {self.config.env.data_dir})")
-        self.text_processor = next(iter(self.datasets.values())).text_processor
-        if self.is_main and hasattr(self.text_processor, "save_vocabulary"):
-            self.text_processor.save_vocabulary(self.save_dir)
 
     def dataloader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
@@ -135,7 +172,7 @@ class MMFTrainer:
             if distributed.is_dist_initialized() else None
         workers = int(self.training_config.num_workers)
         return DataLoader(
-            dataset, batch_size=int(self.training_config.batch_size), shuffle=shuffle and sampler is None,
+            dataset, batch_size=self.batch_size, shuffle=shuffle and sampler is None,
             sampler=sampler, num_workers=workers, collate_fn=BatchCollator(self.dataset_name, split),
             pin_memory=self.device.type == "cuda" and bool(self.training_config.pin_memory),
             persistent_workers=workers > 0 and bool(self.training_config.persistent_workers),
@@ -150,71 +187,107 @@ class MMFTrainer:
 
     def train(self) -> None:
         loader = self.dataloader("train", shuffle=True)
-        max_updates = self._max_updates(len(loader))
-        early_stop = self.training_config.early_stop
-        log_interval = int(self.training_config.log_interval)
-        progress = tqdm(total=max_updates, initial=self.num_updates, desc="training", unit="update",
-                        disable=not (self.is_main and sys.stderr.isatty()), dynamic_ncols=True)
-        start, start_updates = time.time(), self.num_updates
-        running_loss, running_count = 0.0, 0
-        stop = self.num_updates >= max_updates
-        self.model.train()
-        while not stop:
-            if isinstance(loader.sampler, DistributedSampler):
-                loader.sampler.set_epoch(self.current_epoch)
-            for batch in loader:
-                loss = self.run_training_batch(batch)
-                self.num_updates += 1
-                running_loss, running_count = running_loss + loss, running_count + 1
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss:.4f}", lr=f"{self.current_lr():.2e}")
-                if self.num_updates % log_interval == 0 or self.num_updates == max_updates:
-                    self._log_training(running_loss / running_count, start, start_updates, max_updates)
-                    running_loss, running_count = 0.0, 0
-                if self.num_updates % int(self.training_config.evaluation_interval) == 0 \
-                        or self.num_updates == max_updates:
-                    improved = self.evaluate_for_early_stop()
-                    if early_stop.enabled and not improved and \
-                            self.num_updates - self.best_update > int(early_stop.patience):
-                        logger.info("early stop: no improvement of %s for %d updates", early_stop.criteria,
-                                    self.num_updates - self.best_update)
-                        stop = True
-                    self.model.train()
-                if self.num_updates % int(self.training_config.checkpoint_interval) == 0 or \
-                        self.num_updates == max_updates or stop:
-                    self.checkpoint.save(self.num_updates)
-                if self.num_updates >= max_updates or stop:
-                    stop = True
-                    break
-            self.current_epoch += 1
-        progress.close()
+        update_frequency = int(self.training_config.update_frequency)
+        self.max_updates = get_max_updates(self.training_config.max_updates, self.training_config.max_epochs,
+                                           len(loader), update_frequency)
+        if self.training_config.max_epochs is not None and self.training_config.max_updates is not None:
+            logger.info("both max_updates and max_epochs are set: max_epochs wins (%d updates)", self.max_updates)
+        self.progress = tqdm(total=self.max_updates, initial=self.num_updates, desc="training", unit="update",
+                             disable=not (self.is_main and sys.stderr.isatty()), dynamic_ncols=True)
+        self.window = _LossWindow()
+        anomaly_before = torch.is_anomaly_enabled()
+        torch.autograd.set_detect_anomaly(bool(self.training_config.detect_anomaly))
+        try:
+            self.model.train()
+            stop = self.num_updates >= self.max_updates
+            while not stop:
+                stop = self.run_training_epoch(loader, update_frequency)
+        finally:
+            torch.autograd.set_detect_anomaly(anomaly_before)
+            self.progress.close()
         self.checkpoint.finalize()
 
-    def _max_updates(self, batches_per_epoch: int) -> int:
-        max_epochs = self.training_config.get("max_epochs")
-        if max_epochs is not None:
-            return int(math.ceil(max_epochs * batches_per_epoch))
-        return int(self.training_config.max_updates)
+    def run_training_epoch(self, loader: DataLoader, update_frequency: int) -> bool:
+        """One pass over the training data, in updates of ``update_frequency``
+        batches (the last one takes what is left); True when training is over."""
+        self.current_epoch += 1
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(self.current_epoch)
+        batches = iter(loader)
+        remaining = len(loader)
+        while remaining:
+            count = min(update_frequency, remaining)
+            losses, outputs = self.run_update(itertools.islice(batches, count), count)
+            remaining -= count
+            if self.after_update(losses, outputs):
+                return True
+        return False
 
-    def run_training_batch(self, batch: SampleList) -> float:
-        batch = batch.to(self.device)
+    def run_update(self, batches: Iterable[SampleList], count: int) -> tuple[dict[str, Tensor], list[tuple]]:
+        """Accumulate the gradients of ``count`` batches, then step once. Returns
+        the update's losses and, with ``evaluate_metrics``, its (scores, targets)."""
         self.optimizer.zero_grad(set_to_none=True)
+        losses: dict[str, Tensor] = {}
+        outputs = []
+        for index, batch in enumerate(batches):
+            self.current_iteration += 1
+            with self.gradient_sync(last=index == count - 1):
+                batch_losses, scores = self.run_training_batch(batch, count)
+            for key, value in batch_losses.items():
+                losses[key] = losses.get(key, 0) + value
+            if self.training_config.evaluate_metrics:
+                outputs.append((scores.float().cpu(), batch.targets.float().cpu()))
+        self.finish_update()
+        return losses, outputs
+
+    def gradient_sync(self, last: bool):
+        """Processes average their gradients once per update, on its last batch."""
+        if last or not isinstance(self.model, DistributedDataParallel):
+            return nullcontext()
+        return self.model.no_sync()
+
+    def run_training_batch(self, batch: SampleList, loss_divisor: int) -> tuple[dict[str, Tensor], Tensor]:
+        batch = batch.to(self.device)
         with self.autocast():
             output = self.model(batch)
-            loss = total_loss(output["losses"])
-        if self.training_config.exit_on_nan_losses and not torch.isfinite(loss):
-            raise RuntimeError(f"loss became {loss.item()} at update {self.num_updates + 1}; lower optimizer.params.lr "
-                               "or turn off training.fp16")
-        self.scaler.scale(loss).backward()
-        if self.training_config.clip_gradients:
-            self.scaler.unscale_(self.optimizer)
-            max_norm = self.training_config.max_grad_l2_norm
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(max_norm if max_norm is not None else 1.0))
+        losses = {key: value.mean() / loss_divisor for key, value in output["losses"].items()}
+        if self.training_config.exit_on_nan_losses:
+            self.check_nan_losses(losses)
+        self.scaler.scale(sum(losses.values())).backward()
+        return {key: value.detach() for key, value in losses.items()}, output["scores"].detach()
+
+    def check_nan_losses(self, losses: dict[str, Tensor]) -> None:
+        nan_keys = [key for key, value in losses.items() if torch.isnan(value).any()]
+        if nan_keys:
+            raise RuntimeError(f"NaN in the loss(es) {', '.join(nan_keys)} at update {self.num_updates + 1}; lower "
+                               "optimizer.params.lr or turn off training.fp16 (training.exit_on_nan_losses=false "
+                               "goes on regardless)")
+
+    def finish_update(self) -> None:
+        self.scaler.unscale_(self.optimizer)  # clipping sees the true gradients
+        grad_norm = clip_gradients(self.model.parameters(), self.training_config)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.scheduler is not None:
             self.scheduler.step()
-        return float(distributed.reduce_mean(loss.detach()))
+        self.num_updates += 1
+        if self.tensorboard is not None and grad_norm is not None:
+            self.tensorboard.add_scalars({"grad_norm": float(grad_norm)}, self.current_iteration)
+
+    def after_update(self, losses: dict[str, Tensor], outputs: list[tuple]) -> bool:
+        """Log, evaluate and checkpoint when due; True when training is over."""
+        self.progress.update(1)
+        self.window.add(losses)
+        at_end = self.num_updates >= self.max_updates
+        if self.num_updates % int(self.training_config.log_interval) == 0 or at_end:
+            self.log_training(outputs)
+        stop = False
+        if self.num_updates % int(self.training_config.evaluation_interval) == 0 or at_end:
+            stop = self.evaluate_for_early_stop()
+            self.model.train()
+        if self.num_updates % int(self.training_config.checkpoint_interval) == 0 or at_end or stop:
+            self.checkpoint.save()
+        return stop or at_end
 
     def autocast(self):
         if self.autocast_dtype is None:
@@ -224,93 +297,160 @@ class MMFTrainer:
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def _log_training(self, loss: float, start: float, start_updates: int, max_updates: int) -> None:
-        elapsed = time.time() - start
-        done = self.num_updates - start_updates
-        eta = elapsed / max(1, done) * (max_updates - self.num_updates)
-        key = f"train/{self.dataset_name}/logit_bce"
-        logger.info("progress: %d/%d, %s: %.4f, lr: %.3e, ups: %.2f, time: %.0fs, eta: %.0fs",
-                    self.num_updates, max_updates, key, loss, self.current_lr(), done / max(elapsed, 1e-9),
-                    elapsed, eta)
-        if self.metrics_logger:
-            self.metrics_logger.log(self.num_updates, {"train/loss": loss, "train/lr": self.current_lr()})
+    def log_training(self, outputs: list[tuple]) -> None:
+        values = self.window.averages()
+        values["train/total_loss"] = sum(values.values())
+        if outputs:
+            scores, targets = (torch.cat(parts) for parts in zip(*outputs, strict=True))
+            values.update(self.compute_metrics("train", scores, targets, reduce=True))
+        elapsed = time.time() - self.window.started
+        ups = self.window.updates / max(elapsed, 1e-9)
+        info = {"progress": f"{self.num_updates}/{self.max_updates}",
+                **{key: f"{value:.4f}" for key, value in values.items()},
+                "experiment": self.training_config.experiment_name, "epoch": self.current_epoch,
+                "num_updates": self.num_updates, "iterations": self.current_iteration,
+                "max_updates": self.max_updates, "lr": f"{self.current_lr():.3e}", "ups": f"{ups:.2f}",
+                "time": f"{elapsed:.0f}s", "eta": f"{(self.max_updates - self.num_updates) / max(ups, 1e-9):.0f}s"}
+        self.progress.set_postfix(loss=info["train/total_loss"], lr=info["lr"])
+        log_progress(logger, info, self.training_config.log_format)
+        self.log_scalars({**values, "train/lr": self.current_lr()})
+        self.window = _LossWindow()
+
+    def log_scalars(self, values: dict[str, float]) -> None:
+        """metrics.csv by update; TensorBoard by iteration, as MMF."""
+        if self.metrics_logger is not None:
+            self.metrics_logger.log(self.num_updates, values)
+        if self.tensorboard is not None:
+            self.tensorboard.add_scalars(values, self.current_iteration)
 
     # -------------------------------------------------------------- evaluation
 
     def evaluate_for_early_stop(self) -> bool:
+        """Evaluate on val, keep the best checkpoint; True when early stopping says stop."""
+        started = time.time()
         report = self.evaluate("val")
-        criteria = str(self.training_config.early_stop.criteria)
-        key = criteria if criteria.startswith("val/") else f"val/{criteria}"
-        if key not in report:
-            key = f"val/{self.dataset_name}/loss"
-        value = report[key]
-        minimize = bool(self.training_config.early_stop.minimize) if key.endswith(criteria) else True
-        improved = self.best_metric is None or (value < self.best_metric if minimize else value > self.best_metric)
-        if improved:
-            self.best_metric, self.best_update = value, self.num_updates
+        if self.early_stopping.update(report, self.num_updates, self.current_iteration):
             self.checkpoint.save_best()
-        logger.info("best %s so far: %.4f at update %d", key, self.best_metric, self.best_update)
-        return improved
+        log_progress(logger, {"progress": f"{self.num_updates}/{self.max_updates}", "num_updates": self.num_updates,
+                              "epoch": self.current_epoch, "iterations": self.current_iteration,
+                              "val_time": f"{time.time() - started:.0f}s", **self.early_stopping.info()},
+                     self.training_config.log_format)
+        stop = self.early_stopping.should_stop(self.num_updates)
+        if stop:
+            logger.info("early stop: no improvement of %s for %d updates", self.early_stopping.criteria,
+                        self.num_updates - self.early_stopping.best_update)
+        return stop
+
+    def evaluate(self, split: str, write_predictions: bool = False) -> dict[str, float]:
+        """The split's losses (from the model's own losses) and metrics; with
+        ``write_predictions``, also MMF's prediction file."""
+        loss_sums, samples, ids, scores, targets = self.evaluation_loop(split)
+        report = {key: total / samples for key, total in loss_sums.items()}
+        report[f"{split}/total_loss"] = sum(report.values())
+        report.update(self.compute_metrics(split, scores, targets))
+        log_progress(logger, {"update": self.num_updates, "split": split,
+                              **{key: f"{value:.4f}" for key, value in report.items()}},
+                     self.training_config.log_format)
+        self.log_scalars(report)
+        if write_predictions and self.is_main:
+            predictions = self.datasets[split].format_for_prediction(ids, scores)
+            path = test_reporter.write_predictions(self.config, self.dataset_name, split, predictions)
+            logger.info("wrote %d predictions to %s", len(predictions), path.resolve())
+        return report
 
     @torch.inference_mode()
-    def predict_scores(self, split: str) -> tuple[list[Any], torch.Tensor, torch.Tensor]:
-        """Scores of every video of ``split`` (gathered from every rank, each video once)."""
+    def evaluation_loop(self, split: str) -> tuple[dict[str, float], int, list[Any], Tensor, Tensor]:
+        """Loss sums, sample count, and every video's scores and targets (each once),
+        gathered from every process. With ``evaluation.use_cpu`` the outputs
+        are kept on the CPU, else on the training device."""
         model = self.unwrapped_model
         model.eval()
-        ids, scores, targets = [], [], []
+        keep_on = torch.device("cpu") if self.config.evaluation.use_cpu else self.device
+        loss_sums: dict[str, float] = {}
+        ids: list[Any] = []
+        scores, targets = [], []
         for batch in tqdm(self.dataloader(split, shuffle=False), desc=f"evaluating {split}", unit="batch",
                           disable=not (self.is_main and sys.stderr.isatty()), leave=False):
             batch = batch.to(self.device)
             with self.autocast():
                 output = model(batch)
+            for key, value in output["losses"].items():
+                loss_sums[key] = loss_sums.get(key, 0.0) + float(value.mean()) * len(batch.id)
             ids += list(batch.id)
-            scores.append(output["scores"].float().cpu())
-            targets.append(batch.targets.float().cpu())
-        local = (ids, torch.cat(scores), torch.cat(targets))
-        merged: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
-        for rank_ids, rank_scores, rank_targets in distributed.all_gather_objects(local):
-            for index, item_id in enumerate(rank_ids):
-                merged.setdefault(item_id, (rank_scores[index], rank_targets[index]))
-        all_ids = list(merged)
-        return all_ids, torch.stack([merged[i][0] for i in all_ids]), torch.stack([merged[i][1] for i in all_ids])
+            scores.append(output["scores"].float().to(keep_on))
+            targets.append(batch.targets.float().to(keep_on))
+        local = (loss_sums, len(ids), ids, torch.cat(scores).cpu(), torch.cat(targets).cpu())
+        return self._merge(distributed.all_gather_objects(local), keep_on)
 
-    def evaluate(self, split: str, write_predictions: bool = False) -> dict[str, float]:
-        """Loss and metrics of ``split``; with ``write_predictions``, also MMF's prediction file."""
-        ids, scores, targets = self.predict_scores(split)
-        if write_predictions:
-            self.write_predictions(split, ids, scores)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(scores, targets) * targets.size(1)
-        report = {f"{split}/{self.dataset_name}/loss": float(loss)}
-        for name, metric in self.metrics.items():
-            report[f"{split}/{self.dataset_name}/{name}"] = metric(scores, targets)
-        logger.info("%s at update %d: %s", split, self.num_updates,
-                    ", ".join(f"{key}: {value:.4f}" for key, value in report.items()))
-        if self.metrics_logger:
-            self.metrics_logger.log(self.num_updates, report)
-        return report
+    @staticmethod
+    def _merge(parts: list[tuple], device: torch.device) -> tuple[dict[str, float], int, list[Any], Tensor, Tensor]:
+        loss_sums: dict[str, float] = {}
+        unique: dict[Any, tuple[Tensor, Tensor]] = {}
+        samples = 0
+        for part_sums, part_samples, part_ids, part_scores, part_targets in parts:
+            for key, value in part_sums.items():
+                loss_sums[key] = loss_sums.get(key, 0.0) + value
+            samples += part_samples
+            for index, item_id in enumerate(part_ids):
+                # the distributed sampler repeats a few videos to even out the processes
+                unique.setdefault(item_id, (part_scores[index], part_targets[index]))
+        ids = list(unique)
+        scores = torch.stack([unique[i][0] for i in ids]).to(device)
+        targets = torch.stack([unique[i][1] for i in ids]).to(device)
+        return loss_sums, samples, ids, scores, targets
 
-    def write_predictions(self, split: str, ids: list[Any], scores: torch.Tensor) -> Path | None:
-        """MMF's prediction file: ``[{"id": ..., "labels": [...]}, ...]``."""
-        if not self.is_main:
-            return None
-        predictions = self.datasets[split].format_for_prediction(ids, scores)
-        path = self.save_dir / f"{self.dataset_name}_{split}_predictions.json"
-        path.write_text(json.dumps(predictions, indent=1))
-        logger.info("wrote %d predictions to %s", len(predictions), path)
-        return path
+    def compute_metrics(self, split: str, scores: Tensor, targets: Tensor, reduce: bool = False) -> dict[str, float]:
+        """``<split>/<dataset>/<metric key>`` of every metric; ``reduce`` averages
+        each process's value (for the training batches, which differ per process)."""
+        values = {}
+        for key, metric in self.metrics.items():
+            value = torch.tensor(float(metric(scores, targets)), device=self.device)
+            values[f"{split}/{self.dataset_name}/{key}"] = float(distributed.reduce_mean(value) if reduce else value)
+        return values
 
     # --------------------------------------------------------------------- run
 
     def run(self) -> dict[str, dict[str, float]]:
-        self.load()
-        reports: dict[str, dict[str, float]] = {}
-        if "train" in self.run_types:
-            self.train()
-            self.checkpoint.restore_best()
-        for split in ("val", "test"):
-            if split in self.run_types:
-                reports[split] = self.evaluate(split, write_predictions=bool(self.config.evaluation.predict))
-        if self.metrics_logger:
-            self.metrics_logger.plot()
-        distributed.shutdown()
+        """Train and/or evaluate as ``run_type`` says; returns the final reports."""
+        try:
+            self.load()
+            reports: dict[str, dict[str, float]] = {}
+            if "train" in self.run_types:
+                self.train()
+                self.checkpoint.restore_best()
+            for split in ("val", "test"):
+                if split in self.run_types:
+                    reports[split] = self.evaluate(split, write_predictions=bool(self.config.evaluation.predict))
+            if self.metrics_logger is not None:
+                self.metrics_logger.plot(f"val/{self.dataset_name}/{key}" for key in self.metrics)
+        except BaseException:
+            self.teardown(completed=False)
+            raise
+        self.teardown(completed=True)
         return reports
+
+    def teardown(self, completed: bool) -> None:
+        """Close what the run opened, so that the process can run again."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.run_logging is not None:
+            self.run_logging.close()
+        distributed.shutdown(wait=completed)
+
+
+class _LossWindow:
+    """The training losses since the last log line, for their averages."""
+
+    def __init__(self):
+        self.started = time.time()
+        self.updates = 0
+        self.totals: dict[str, Tensor] = {}
+
+    def add(self, losses: dict[str, Tensor]) -> None:
+        self.updates += 1
+        for key, value in losses.items():
+            self.totals[key] = self.totals.get(key, 0) + value
+
+    def averages(self) -> dict[str, float]:
+        """Averaged over the updates, then over the processes."""
+        return {key: float(distributed.reduce_mean(total / self.updates)) for key, total in self.totals.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -10,6 +11,9 @@ from torch import nn
 
 from minimmf.common.registry import registry
 from minimmf.common.sample import SampleList
+from minimmf.utils.configuration import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 def build_model(config: DictConfig) -> nn.Module:
@@ -51,13 +55,30 @@ def build_processors(processors_config: DictConfig, **extra: Any) -> dict[str, A
 
 
 def build_optimizer(model: nn.Module, config: DictConfig) -> Any:
-    """``config.optimizer`` ({type, params}) over the model's parameter groups."""
+    """``config.optimizer`` ({type, params}) over the model's parameter groups;
+    ``type`` is a registered name or, as in MMF, a ``torch.optim`` class name."""
     optimizer_config = config.optimizer
-    optimizer_class = registry.require("optimizer", optimizer_config.type)
+    optimizer_type = optimizer_config.type
+    optimizer_class = getattr(torch.optim, optimizer_type, None) or registry.require("optimizer", optimizer_type)
     params = dict(optimizer_config.get("params", None) or {})
     groups = model.get_optimizer_parameters(config) if hasattr(model, "get_optimizer_parameters") \
         else [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    check_unused_parameters(model, groups, bool(optimizer_config.get("allow_unused_parameters", False)))
     return optimizer_class(groups, **params)
+
+
+def check_unused_parameters(model: nn.Module, groups: list[dict[str, Any]], allowed: bool) -> None:
+    """As MMF: a trainable parameter the optimizer would never update is an
+    error, unless ``optimizer.allow_unused_parameters``."""
+    in_groups = {id(parameter) for group in groups for parameter in group["params"]}
+    unused = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in in_groups]
+    if not unused:
+        return
+    if not allowed:
+        raise ConfigError(f"the optimizer would not update {len(unused)} trainable parameter(s) of the model: "
+                          f"{', '.join(unused[:10])}; check the model's get_optimizer_parameters, or set "
+                          "optimizer.allow_unused_parameters=True if that is intended")
+    logger.info("parameters the optimizer does not update: %s", ", ".join(unused))
 
 
 def build_scheduler(optimizer: Any, config: DictConfig) -> Any:

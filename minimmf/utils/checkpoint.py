@@ -1,18 +1,24 @@
 """Checkpoints: reading weights safely (MMF's ``*_final.pth``, a plain state
 dict; MMF or minimmf training checkpoints, a dict with ``model``; DDP's
 ``module.`` prefixes; always ``torch.load(weights_only=True)``), and the
-trainer's saving and resuming."""
+trainer's saving and resuming in MMF's checkpoint layout, so that MMF resumes
+minimmf's checkpoints and minimmf resumes MMF's."""
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 from torch import nn
+
+from minimmf.utils.configuration import ConfigError
+from minimmf.utils.general import get_minimmf_root
 
 logger = logging.getLogger(__name__)
 
@@ -57,18 +63,30 @@ def _strip_prefix(key: str) -> str:
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
     """Load ``state_dict`` into ``model`` (a BaseModel), naming every missing,
     unexpected or mis-shaped key when they do not match."""
-    state = extract_state_dict(state_dict)
-    state = {model.format_state_key(key): value for key, value in state.items()}
+    state = _model_keyed_state(model, state_dict)
+    if strict:
+        missing, unexpected, mis_shaped = compare_state_keys(model.state_dict(), state)
+        if missing or unexpected or mis_shaped:
+            raise CheckpointMismatchError(_mismatch_message(missing, unexpected, mis_shaped) + "\nCheck that "
+                                          "config.yaml is the one the checkpoint was trained with "
+                                          "(number of labels, BERT size, modalities).")
+    return model._load_state_dict_unchecked(state, strict=strict, assign=assign)
+
+
+def _model_keyed_state(model: nn.Module, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint's weights under the model's own key names."""
+    state = {model.format_state_key(key): value for key, value in extract_state_dict(state_dict).items()}
     own = model.state_dict()
     for key in _OPTIONAL_BUFFERS:
         if key in own and key not in state:
             state[key] = own[key]
-    if strict:
-        _check_keys(own, state)
-    return model._load_state_dict_unchecked(state, strict=strict, assign=assign)
+    return state
 
 
-def _check_keys(own: Mapping[str, torch.Tensor], state: Mapping[str, Any]) -> None:
+def compare_state_keys(own: Mapping[str, torch.Tensor],
+                       state: Mapping[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """The model's keys the checkpoint lacks, the checkpoint's keys the model
+    lacks, and the shared keys whose shapes differ (described)."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mis_shaped = sorted(
@@ -76,27 +94,132 @@ def _check_keys(own: Mapping[str, torch.Tensor], state: Mapping[str, Any]) -> No
         for key in set(own) & set(state)
         if isinstance(state[key], torch.Tensor) and state[key].shape != own[key].shape
     )
-    if not (missing or unexpected or mis_shaped):
-        return
+    return missing, unexpected, mis_shaped
+
+
+def _shown(keys: list[str]) -> str:
+    return ", ".join(keys[:10]) + (f", ... ({len(keys) - 10} more)" if len(keys) > 10 else "")
+
+
+def _mismatch_message(missing: list[str], unexpected: list[str], mis_shaped: list[str]) -> str:
     lines = ["the checkpoint does not fit the model built from this config:"]
     for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped)):
         if keys:
-            shown = ", ".join(keys[:10]) + (f", ... ({len(keys) - 10} more)" if len(keys) > 10 else "")
-            lines.append(f"  {len(keys)} {title} key(s): {shown}")
-    lines.append(
-        "Check that config.yaml is the one the checkpoint was trained with "
-        "(number of labels, BERT size, modalities)."
-    )
-    raise CheckpointMismatchError("\n".join(lines))
+            lines.append(f"  {len(keys)} {title} key(s): {_shown(keys)}")
+    return "\n".join(lines)
+
+
+def load_partial_state(model: nn.Module, state_dict: Mapping[str, Any], source: str | os.PathLike) -> None:
+    """Load what fits, as MMF (``strict=False``): missing and unexpected keys
+    are warnings; weights of another shape are an error, since they cannot load."""
+    state = _model_keyed_state(model, state_dict)
+    missing, unexpected, mis_shaped = compare_state_keys(model.state_dict(), state)
+    if mis_shaped:
+        raise CheckpointMismatchError(
+            f"{source}: " + _mismatch_message([], [], mis_shaped) + "\nTo start from the parts that fit, set "
+            "checkpoint.resume_pretrained=True and checkpoint.pretrained_state_mapping={<model prefix>: "
+            "<checkpoint prefix>, ...}, e.g. \"{'backend': 'backend', 'encoders': 'encoders'}\".")
+    if missing:
+        logger.warning("%s lacks %d of the model's weights, which keep their initial values: %s",
+                       source, len(missing), _shown(missing))
+    if unexpected:
+        logger.warning("%s has %d weights the model does not use, left out: %s", source, len(unexpected),
+                       _shown(unexpected))
+    model.load_state_dict(state, strict=False)
+
+
+def load_mapped_state(model: nn.Module, state_dict: Mapping[str, Any], mapping: Mapping[str, str],
+                      source: str | os.PathLike) -> None:
+    """MMF's ``pretrained_state_mapping``: for each ``{model prefix: checkpoint
+    prefix}``, copy the checkpoint weight whose name, without its prefix, is
+    the model weight's name without its own. Weights of another shape are
+    skipped; what is left out is logged."""
+    state = {model.format_state_key(key): value for key, value in extract_state_dict(state_dict).items()}
+    own = model.state_dict()
+    copied: list[str] = []
+    skipped: list[str] = []
+    for own_prefix, checkpoint_prefix in mapping.items():
+        own_part, checkpoint_part = f"{own_prefix}.", f"{checkpoint_prefix}."
+        by_rest = {key.replace(checkpoint_part, ""): key for key in state if checkpoint_part in key}
+        for own_key in own:
+            checkpoint_key = by_rest.get(own_key.replace(own_part, "")) if own_part in own_key else None
+            if checkpoint_key is None:
+                continue
+            if state[checkpoint_key].shape != own[own_key].shape:
+                skipped.append(f"{own_key} (checkpoint {tuple(state[checkpoint_key].shape)} "
+                               f"vs model {tuple(own[own_key].shape)})")
+                continue
+            with torch.no_grad():
+                own[own_key].copy_(state[checkpoint_key])
+            copied.append(own_key)
+    if not copied:
+        raise CheckpointMismatchError(f"checkpoint.pretrained_state_mapping={dict(mapping)} matches no weight of "
+                                      f"{source}; its keys look like: {_shown(sorted(state))}")
+    logger.info("loaded %d weights from %s (checkpoint.pretrained_state_mapping)", len(copied), source)
+    if skipped:
+        logger.warning("skipped %d weights of another shape: %s", len(skipped), _shown(skipped))
+    left_out = sorted(set(own) - set(copied))
+    if left_out:
+        logger.warning("%d of the model's weights are not in the mapping and keep their initial values: %s",
+                       len(left_out), _shown(left_out))
+
+
+def git_details(directory: str | os.PathLike) -> dict[str, str]:
+    """MMF's ``git/*`` checkpoint fields for the code in ``directory``, or none
+    outside a git checkout (or without git)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    try:
+        return {
+            "git/branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+            "git/commit_hash": git("rev-parse", "HEAD"),
+            "git/commit_author": git("log", "-1", "--format=%an"),
+            "git/commit_message": git("log", "-1", "--format=%B"),
+            "git/diff": git("diff", "--no-prefix"),
+        }
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+
+
+def checkpoint_to_load(config: Any) -> tuple[Path, bool] | None:
+    """The file a run starts from, and whether only ``pretrained_state_mapping``
+    is taken from it, with MMF's precedence: ``checkpoint.resume`` (current.ckpt,
+    or best.ckpt with ``resume_best``; the other one when it is missing) when
+    that file exists, then ``resume_file``. None: start from scratch."""
+    checkpoint_config = config.checkpoint
+    if checkpoint_config.resume:
+        found = _resume_path(Path(config.env.save_dir), bool(checkpoint_config.resume_best))
+        if found is not None:
+            return found, False
+    if checkpoint_config.resume_file:
+        path = Path(checkpoint_config.resume_file)
+        if not path.is_file():
+            raise ConfigError(f"checkpoint.resume_file={path}: no such file")
+        return path, bool(checkpoint_config.resume_pretrained)
+    if checkpoint_config.resume_zoo:
+        raise ConfigError(f"checkpoint.resume_zoo={checkpoint_config.resume_zoo}: MMF's model zoo is a download, "
+                          "and nothing is downloaded here; download the checkpoint yourself and pass "
+                          "checkpoint.resume_file=<path> (with checkpoint.resume_pretrained=True to finetune)")
+    return None
+
+
+def _resume_path(save_dir: Path, resume_best: bool) -> Path | None:
+    names = ("best.ckpt", "current.ckpt") if resume_best else ("current.ckpt", "best.ckpt")
+    return next((save_dir / name for name in names if (save_dir / name).is_file()), None)
 
 
 class Checkpoint:
     """Saving and resuming a trainer's state under ``env.save_dir``:
 
-    - ``current.ckpt``: model, optimizer, scheduler, update count, best metric
-      (``checkpoint.resume=True`` continues from it);
+    - ``current.ckpt``: the training state, MMF's fields (model, optimizer,
+      lr_scheduler, fp16_scaler, num_updates, current_iteration,
+      current_epoch, best_update, best_iteration, best_metric_value, config
+      and, with ``save_git_details``, git/*);
     - ``best.ckpt``: the same at the best evaluation so far;
-    - ``models/model_<update>.ckpt``: one per ``checkpoint_interval``;
+    - ``models/model_<update>.ckpt``: one per ``checkpoint_interval`` (the
+      last ``max_to_keep``);
     - ``<model>_final.pth``: the best model's plain state dict (MMF's final file).
     """
 
@@ -106,6 +229,8 @@ class Checkpoint:
         self.save_dir = trainer.save_dir
         self.models_dir = self.save_dir / "models"
         self.best_state: dict[str, torch.Tensor] | None = None
+        save_git = self.config.checkpoint.save_git_details and trainer.is_main
+        self.git_fields = git_details(get_minimmf_root().parent) if save_git else {}
 
     @property
     def final_path(self) -> str:
@@ -114,31 +239,38 @@ class Checkpoint:
     def _model_state(self) -> dict[str, torch.Tensor]:
         return self.trainer.unwrapped_model.state_dict()
 
-    def _state(self) -> dict[str, Any]:
+    def state(self) -> dict[str, Any]:
         trainer = self.trainer
-        return {
+        early_stopping = trainer.early_stopping
+        state = {
             "model": self._model_state(),
             "optimizer": trainer.optimizer.state_dict(),
-            "lr_scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
-            "fp16_scaler": trainer.scaler.state_dict(),
-            "num_updates": trainer.num_updates,
+            "best_iteration": early_stopping.best_iteration,
+            "current_iteration": trainer.current_iteration,
             "current_epoch": trainer.current_epoch,
-            "best_update": trainer.best_update,
-            "best_metric_value": trainer.best_metric,
+            "num_updates": trainer.num_updates,
+            "best_update": early_stopping.best_update,
+            "best_metric_value": early_stopping.best_value,
+            "fp16_scaler": trainer.scaler.state_dict(),
             "config": _plain_config(self.config),
+            **self.git_fields,
         }
+        # MMF loads lr_scheduler whenever the key is there, so it is left out rather than None
+        if trainer.scheduler is not None:
+            state["lr_scheduler"] = trainer.scheduler.state_dict()
+        return state
 
-    def save(self, update: int) -> None:
+    def save(self) -> None:
         if not self.trainer.is_main:
             return
-        state = self._state()
+        state = self.state()
         self.models_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(state, self.models_dir / f"model_{update}.ckpt")
+        torch.save(state, self.models_dir / f"model_{self.trainer.num_updates}.ckpt")
         torch.save(state, self.save_dir / "current.ckpt")
         self._prune()
 
     def _prune(self) -> None:
-        keep = int(self.config.checkpoint.get("max_to_keep", -1))
+        keep = int(self.config.checkpoint.max_to_keep)
         if keep <= 0:
             return
         saved = sorted(self.models_dir.glob("model_*.ckpt"), key=lambda p: int(p.stem.split("_")[1]))
@@ -148,7 +280,7 @@ class Checkpoint:
     def save_best(self) -> None:
         self.best_state = {key: value.detach().cpu().clone() for key, value in self._model_state().items()}
         if self.trainer.is_main:
-            torch.save(self._state(), self.save_dir / "best.ckpt")
+            torch.save(self.state(), self.save_dir / "best.ckpt")
 
     def restore_best(self) -> None:
         """Load the best weights back into the model (used for the final evaluation)."""
@@ -160,35 +292,87 @@ class Checkpoint:
             torch.save(self.best_state if self.best_state is not None else self._model_state(), self.final_path)
 
     def load_state_dict(self) -> None:
-        """Resume (``checkpoint.resume``) or load weights (``checkpoint.resume_file``)."""
-        checkpoint_config = self.config.checkpoint
-        name = "best.ckpt" if checkpoint_config.get("resume_best", False) else "current.ckpt"
-        resume_path = self.save_dir / name
-        if checkpoint_config.get("resume", False) and resume_path.is_file():
-            self._resume(load_checkpoint_file(resume_path, map_location=self.trainer.device))
-            logger.info("resumed from %s at update %d", resume_path, self.trainer.num_updates)
-        elif checkpoint_config.get("resume_file"):
-            path = checkpoint_config.resume_file
-            self.trainer.unwrapped_model.load_state_dict(load_checkpoint_file(path, map_location=self.trainer.device))
-            logger.info("loaded model weights from %s", path)
-        elif checkpoint_config.get("resume", False):
-            logger.info("checkpoint.resume=True but %s does not exist: starting from scratch", resume_path)
+        """Start from the checkpoint ``checkpoint_to_load`` picks, if any."""
+        found = checkpoint_to_load(self.config)
+        if found is None:
+            if self.config.checkpoint.resume:
+                logger.info("checkpoint.resume=True but %s holds no current.ckpt nor best.ckpt: starting from "
+                            "scratch", self.save_dir)
+            return
+        path, pretrained = found
+        checkpoint = load_checkpoint_file(path, map_location=self.trainer.device)
+        mapping = self.config.checkpoint.pretrained_state_mapping if pretrained else {}
+        model = self.trainer.unwrapped_model
+        if mapping:
+            load_mapped_state(model, checkpoint, mapping, path)
+            return
+        load_partial_state(model, checkpoint, path)
+        if "model" in checkpoint:  # a training checkpoint; a .pth holds the weights alone
+            self._restore_training_state(checkpoint, path)
+        if path.name == "best.ckpt" and not self.config.checkpoint.resume_best and self.config.checkpoint.resume:
+            logger.warning("no current.ckpt in %s: resumed from best.ckpt instead", self.save_dir)
+        logger.info("resumed from %s at update %d (iteration %d, epoch %d)", path, self.trainer.num_updates,
+                    self.trainer.current_iteration, self.trainer.current_epoch)
 
-    def _resume(self, state: dict[str, Any]) -> None:
-        trainer = self.trainer
-        trainer.unwrapped_model.load_state_dict(state["model"])
-        trainer.optimizer.load_state_dict(state["optimizer"])
-        if trainer.scheduler is not None and state.get("lr_scheduler") is not None:
-            trainer.scheduler.load_state_dict(state["lr_scheduler"])
-        if state.get("fp16_scaler"):
-            trainer.scaler.load_state_dict(state["fp16_scaler"])
-        trainer.num_updates = int(state["num_updates"])
-        trainer.current_epoch = int(state.get("current_epoch", 0))
-        trainer.best_update = int(state.get("best_update", 0))
-        trainer.best_metric = state.get("best_metric_value")
+    def _restore_training_state(self, checkpoint: Mapping[str, Any], path: Path) -> None:
+        """The optimizer, counters with the scheduler and best metric, and the fp16
+        scaler, each unless ``checkpoint.reset`` says to start it afresh."""
+        reset = self.config.checkpoint.reset
+        if not (reset.all or reset.optimizer):
+            self._load_optimizer(checkpoint, path)
+        if not (reset.all or reset.counts):
+            self._load_counts(checkpoint)
+            self._load_scheduler(checkpoint)
+            self._load_best_weights()
+        if not (reset.all or reset.fp16_scaler) and checkpoint.get("fp16_scaler"):
+            # an empty state comes from a run without fp16, and would not load into an enabled scaler
+            self.trainer.scaler.load_state_dict(checkpoint["fp16_scaler"])
+
+    def _load_optimizer(self, checkpoint: Mapping[str, Any], path: Path) -> None:
+        if "optimizer" not in checkpoint:
+            logger.warning("%s has no optimizer state: the optimizer starts afresh", path)
+            return
+        try:
+            self.trainer.optimizer.load_state_dict(checkpoint["optimizer"])
+        except ValueError as error:
+            raise ConfigError(f"{path}: its optimizer state does not fit this model ({error}); set "
+                              "checkpoint.reset.optimizer=True to start the optimizer afresh") from None
+
+    def _load_counts(self, checkpoint: Mapping[str, Any]) -> None:
+        trainer, early_stopping = self.trainer, self.trainer.early_stopping
+        resume_best = bool(self.config.checkpoint.resume_best)
+        if "best_update" in checkpoint:
+            trainer.num_updates = int(checkpoint["best_update" if resume_best else "num_updates"])
+            trainer.current_iteration = int(checkpoint.get("best_iteration" if resume_best else "current_iteration",
+                                                           trainer.current_iteration))
+            trainer.current_epoch = int(checkpoint.get("current_epoch", trainer.current_epoch))
+            early_stopping.best_update = int(checkpoint["best_update"])
+        elif "best_iteration" in checkpoint:
+            # MMF's older layout counted iterations only; MMF reads it this way round
+            use_current = resume_best and "current_iteration" in checkpoint
+            trainer.current_iteration = int(checkpoint["current_iteration" if use_current else "best_iteration"])
+            trainer.num_updates = trainer.current_iteration
+        early_stopping.best_iteration = int(checkpoint.get("best_iteration", early_stopping.best_iteration))
+        if checkpoint.get("best_metric_value") is not None:
+            early_stopping.best_value = float(checkpoint["best_metric_value"])
+
+    def _load_best_weights(self) -> None:
+        """The weights of the best evaluation so far, which the run ends with
+        unless it finds better (MMF reads them from best.ckpt too)."""
         best_path = self.save_dir / "best.ckpt"
         if best_path.is_file():
             self.best_state = extract_state_dict(load_checkpoint_file(best_path))
+
+    def _load_scheduler(self, checkpoint: Mapping[str, Any]) -> None:
+        scheduler = self.trainer.scheduler
+        if scheduler is None:
+            return
+        if checkpoint.get("lr_scheduler") is not None:
+            scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        else:
+            logger.warning("the checkpoint has no lr_scheduler state: the schedule continues from update %d",
+                           self.trainer.num_updates)
+            scheduler.last_epoch = self.trainer.num_updates
 
 
 def _plain_config(config: Any) -> Any:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from minimmf.common.registry import UnknownComponentError, registry
@@ -37,7 +38,7 @@ def load_yaml(path: str | os.PathLike) -> DictConfig:
     An include is looked up relative to the minimmf package first (as MMF
     does with its root), then relative to the including file.
     """
-    path = _find_config_file(path)
+    path = find_config_file(path)
     mapping = OmegaConf.load(path)
     if mapping is None:
         mapping = OmegaConf.create()
@@ -50,14 +51,18 @@ def load_yaml(path: str | os.PathLike) -> DictConfig:
     return OmegaConf.merge(merged, mapping)
 
 
-def _find_config_file(path: str | os.PathLike) -> Path:
-    candidate = Path(path)
-    if candidate.is_file():
-        return candidate.resolve()
-    in_package = get_minimmf_root() / candidate
-    if in_package.is_file():
-        return in_package
-    raise FileNotFoundError(f"config file not found: {path} (also looked in {in_package})")
+def find_config_file(path: str | os.PathLike, user_dir: str | None = None) -> Path:
+    """``path`` as MMF resolves it: as given (absolute or from the current
+    directory), then inside ``user_dir``, then from the repository root and
+    from the package (so the documented commands work from any directory)."""
+    given = Path(path)
+    roots = [Path.cwd(), *([Path(user_dir)] if user_dir else []), get_minimmf_root().parent, get_minimmf_root()]
+    candidates = [given] if given.is_absolute() else [root / given for root in roots]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    looked = ", ".join(str(candidate.parent) for candidate in candidates)
+    raise FileNotFoundError(f"config file not found: {path} (looked in {looked})")
 
 
 def _resolve_include(include: str, including_file: Path) -> Path:
@@ -87,12 +92,16 @@ def build_config(
     import minimmf.utils.env as env
 
     env.setup_imports()
+    register_resolvers()
     overrides = list(overrides or [])
     pairs = _split_overrides(overrides)
     options = dict(pairs)
     if config_path is None:
         config_path = options.get("config")
-    user_config = load_yaml(config_path) if config_path else OmegaConf.create()
+    user_dir = _user_dir(options)
+    user_config = load_yaml(find_config_file(config_path, user_dir)) if config_path else OmegaConf.create()
+    # the user's components must be registered before the model and dataset defaults are looked up
+    env.import_user_dir(_user_dir(options, user_config))
 
     model = options.get("model") or user_config.get("model") or "mmf_transformer"
     datasets = (
@@ -116,8 +125,24 @@ def build_config(
         resolved = OmegaConf.to_container(config, resolve=True, throw_on_missing=True)
     except Exception as error:  # omegaconf raises several error types here
         raise ConfigError(f"cannot resolve the config: {error}") from error
-    final = OmegaConf.create(resolved)
-    return final
+    return OmegaConf.create(resolved)
+
+
+def _user_dir(options: dict[str, str], user_config: DictConfig | None = None) -> str | None:
+    """``env.user_dir`` as MMF picks it before the config is complete: the
+    command line, then the experiment file, then ``MMF_USER_DIR``."""
+    from_file = OmegaConf.select(user_config, "env.user_dir", default=None) if user_config is not None else None
+    return options.get("env.user_dir") or from_file or os.environ.get("MMF_USER_DIR") or None
+
+
+def _device_count() -> int:
+    return max(1, torch.cuda.device_count())
+
+
+def register_resolvers() -> None:
+    """MMF's ``${device_count:}``: the visible GPUs, at least 1."""
+    if not OmegaConf.has_resolver("device_count"):
+        OmegaConf.register_resolver("device_count", _device_count)
 
 
 def _dataset_names(datasets: Any) -> list[str]:

@@ -1,12 +1,26 @@
-"""The few torch.distributed helpers the trainer needs (no-ops in one process)."""
+"""Processes and torch.distributed, as MMF's ``mmf_run`` sets them up.
+
+A run has one process per ``distributed.world_size`` (by default one per
+visible GPU): ``mmf_run`` starts them itself on a free local port, unless it
+already runs under torchrun (which gives the process count) or
+``distributed.no_spawn`` is set. With ``distributed.init_method`` this
+process joins a process group started elsewhere, as ``distributed.rank``.
+GPU processes use ``distributed.backend`` (nccl); CPU processes use gloo.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing
+
+logger = logging.getLogger(__name__)
 
 
 def is_dist_initialized() -> bool:
@@ -26,26 +40,86 @@ def is_main() -> bool:
 
 
 def launched_by_torchrun() -> bool:
+    """True under torchrun with several processes (and in mmf_run's own processes)."""
     return "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
 
 
-def init_from_environment() -> torch.device:
-    """Join the process group torchrun describes; return this rank's device
-    (gloo on CPU, nccl on GPU)."""
-    use_cuda = torch.cuda.is_available()
-    if launched_by_torchrun() and not is_dist_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    if use_cuda:
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+def planned_world_size(config: Any) -> int:
+    """The number of processes the run will have, known before any starts."""
+    if launched_by_torchrun():
+        return int(os.environ["WORLD_SIZE"])
+    if config.distributed.no_spawn and not config.distributed.init_method:
+        return 1
+    return int(config.distributed.world_size)
 
 
-def shutdown() -> None:
-    """Wait for every rank, then leave the process group."""
+def should_spawn(config: Any) -> bool:
+    """Whether ``mmf_run`` starts the run's processes itself."""
+    distributed = config.distributed
+    return (not launched_by_torchrun() and not distributed.init_method and not distributed.no_spawn
+            and int(distributed.world_size) > 1)
+
+
+def find_free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def spawn(fn: Callable[[Any], None], config: Any) -> None:
+    """Run ``fn(config)`` in ``distributed.world_size`` new local processes,
+    each seeing the environment torchrun would give it."""
+    world_size = int(config.distributed.world_size)
+    port = int(config.distributed.port) if int(config.distributed.port) > 0 else find_free_port()
+    logger.info("starting %d processes (port %d)", world_size, port)
+    torch.multiprocessing.spawn(_start_process, args=(fn, config, world_size, port), nprocs=world_size)
+
+
+def _start_process(local_rank: int, fn: Callable[[Any], None], config: Any, world_size: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size),
+                      RANK=str(local_rank), LOCAL_RANK=str(local_rank))
+    if "OMP_NUM_THREADS" not in os.environ:
+        # as torchrun: the processes share the CPU cores instead of each claiming all of them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    fn(config)
+
+
+def choose_device(requested: str) -> torch.device:
+    """``training.device``: cpu, or cuda (this process's GPU; the CPU, with a
+    warning, when no GPU is visible, as MMF)."""
+    if requested == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        logger.warning("training.device=%s but no GPU is visible: running on the CPU", requested)
+        return torch.device("cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def init_process_group(config: Any, device: torch.device) -> str | None:
+    """Join the run's process group if it has several processes; returns the
+    backend used (None in a single process)."""
     if is_dist_initialized():
-        dist.barrier()
+        return dist.get_backend()
+    distributed = config.distributed
+    if not launched_by_torchrun() and not distributed.init_method:
+        return None
+    backend = str(distributed.backend) if device.type == "cuda" else "gloo"
+    if launched_by_torchrun():
+        dist.init_process_group(backend=backend)
+    else:
+        dist.init_process_group(backend=backend, init_method=str(distributed.init_method),
+                                rank=int(distributed.rank), world_size=int(distributed.world_size))
+    return backend
+
+
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group; with ``wait``, once every rank is done (not
+    after an error, when the others may never come)."""
+    if is_dist_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
