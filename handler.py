@@ -31,11 +31,11 @@ import transformers
 from ts.torch_handler.base_handler import BaseHandler
 
 import minimmf
-from minimmf.serving.answers import build_answer, v2_binary_response, v2_response
+from minimmf.serving.answers import build_answer, build_timeline, pool_clips, v2_binary_response, v2_response
 from minimmf.serving.batch import PreparedBatch
 from minimmf.serving.inputs import parse_request
 from minimmf.serving.kserve_v2 import HEADER_LENGTH
-from minimmf.serving.predictor import DATASET, Predictor
+from minimmf.serving.predictor import Predictor
 from minimmf.serving.settings import HandlerSettings
 from minimmf.utils.env import setup_imports
 from minimmf.utils.logger import setup_very_basic_config
@@ -82,21 +82,19 @@ class MMFHandler(BaseHandler):
                 continue
             with batch.catch(index):
                 parsed = parse_request(request, self.settings, self._v2_header_length(index))
-                decode_started = time.perf_counter()
-                clip = self.predictor.decode(parsed.video)
-                decode_seconds += time.perf_counter() - decode_started
-                batch.add(index, parsed, self.predictor.sample(clip, parsed.script))
+                samples = self.predictor.samples(parsed.video, parsed.script, parsed.segment_seconds)
+                decode_seconds += samples.decode_seconds
+                batch.add(index, parsed, samples)
         self._add_time("DecodeTime", decode_seconds)
         self._add_time("PreprocessTime", time.perf_counter() - started)
         return batch
 
     def inference(self, batch: PreparedBatch, *args: Any, **kwargs: Any) -> tuple[PreparedBatch, torch.Tensor | None]:
-        """Probabilities of the usable requests, one row each (None when there are none)."""
-        samples = batch.collate(DATASET)
-        if samples is None:
+        """Probabilities of every sample of the usable requests (None when there are none)."""
+        if not batch.samples:
             return batch, None
         started = time.perf_counter()
-        probabilities = self.predictor.predict(samples)
+        probabilities = self.predictor.predict(batch.samples)
         self._add_time("ModelTime", time.perf_counter() - started)
         return batch, probabilities
 
@@ -114,9 +112,15 @@ class MMFHandler(BaseHandler):
                              "transformers": transformers.__version__}}
 
     def _answer(self, index: int, batch: PreparedBatch, probabilities: torch.Tensor) -> dict[str, Any] | bytes:
-        request = batch.requests[index]
-        answer = build_answer(probabilities[batch.row_of(index)], self.predictor.classes, self.predictor.threshold,
-                              self.settings.top_k, request.expected_labels)
+        rows = batch.rows[index]
+        request, predictor = rows.request, self.predictor
+        video = pool_clips(probabilities[rows.clips.start:rows.clips.stop], self.settings.clip_pooling)
+        answer = build_answer(video, predictor.classes, predictor.threshold, self.settings.top_k,
+                              request.expected_labels)
+        if rows.windows:
+            answer.update(build_timeline(probabilities[rows.windows.start:rows.windows.stop], rows.samples.spans,
+                                         rows.samples.window_seconds, predictor.classes, predictor.threshold,
+                                         self.settings.top_k))
         if request.v2_id is None:
             return answer
         model = self.manifest["model"]

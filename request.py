@@ -66,6 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     keys.add_argument("--token", help="the inference key itself (other users can see it in the process list: "
                                       "prefer --key-file)")
     keys.add_argument("--no-token", action="store_true", help="send no key (token authorization off)")
+    parser.add_argument("--segment-seconds", type=float, metavar="S",
+                        help="also ask when: a timeline of windows of S seconds, printed as start-end and labels")
+    parser.add_argument("--plot", type=Path, metavar="PNG",
+                        help="draw the timeline's scores against time as a heatmap (with --segment-seconds)")
     parser.add_argument("--output", type=Path, default=Path("response.txt"))
     parser.add_argument("--timeout", type=float, default=300.0)
     return parser.parse_args(argv)
@@ -124,10 +128,12 @@ def send(args: argparse.Namespace, video: bytes, info: dict[str, Any], token: st
                  "script": (None, info["script"], "text/plain; charset=utf-8")}
         if info.get("action_labels") is not None:
             files["labels"] = (None, json.dumps(info["action_labels"]), "application/json")
+        if args.segment_seconds is not None:
+            files["segment_seconds"] = (None, str(args.segment_seconds))
         return requests.post(f"{base}/predictions/{args.model_name}", files=files, headers=headers,
                              timeout=args.timeout)
     url = f"{base}/v2/models/{args.model_name}/infer"
-    tensors = kserve_v2.handler_inputs(video, info["script"], info.get("action_labels"))
+    tensors = kserve_v2.handler_inputs(video, info["script"], info.get("action_labels"), args.segment_seconds)
     if args.protocol == "v2-json":
         return requests.post(url, json=kserve_v2.encode_json_request(tensors, args.video.stem), headers=headers,
                              timeout=args.timeout)
@@ -195,6 +201,33 @@ def report_answer(answer: dict[str, Any]) -> None:
     if "expected_labels" in answer:
         expected = answer["expected_labels"]
         print(f"expected: {expected} (found {len(answer['found'])} of {len(expected)})")
+    if "timeline" in answer:
+        print(f"timeline ({answer['segment_seconds']:g} s windows):")
+        for window in answer["timeline"]:
+            labels = ", ".join(window["labels"]) or "-"
+            print(f"  {window['start']:7.2f} - {window['end']:7.2f} s  {labels}")
+
+
+def plot_timeline(answer: dict[str, Any], path: Path) -> None:
+    """The timeline's scores as a heatmap: actions (rows) against time (columns)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    windows = answer["timeline"]
+    actions = sorted({name for window in windows for name in window["scores"]})
+    scores = [[window["scores"].get(name, 0.0) for window in windows] for name in actions]
+    edges = [windows[0]["start"]] + [window["end"] for window in windows]
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.5 * len(windows) + 3), 0.35 * len(actions) + 1.6))
+    image = axis.pcolormesh(edges, range(len(actions) + 1), scores, vmin=0, vmax=1, cmap="viridis")
+    axis.set_yticks([row + 0.5 for row in range(len(actions))], actions, fontsize=8)
+    axis.set_xlabel("seconds")
+    axis.set_title(f"labels against time ({answer['segment_seconds']:g} s windows; threshold {answer['threshold']:g})")
+    figure.colorbar(image, ax=axis, label="probability")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def error(message: str, code: int) -> int:
@@ -223,6 +256,11 @@ def finish(args: argparse.Namespace, response: requests.Response) -> int:
                      EXIT_SERVER_ERROR)
     args.output.write_bytes(text)
     report_answer(answer)
+    if args.plot is not None:
+        if "timeline" not in answer:
+            return error("the answer has no timeline to plot: pass --segment-seconds", EXIT_INPUT_ERROR)
+        plot_timeline(answer, args.plot)
+        print(f"timeline plot: {args.plot}")
     return EXIT_OK
 
 

@@ -9,10 +9,16 @@ minimmf's Charades config looks for it with ``env.data_dir=<out>``:
 
 Each video shows one to three actions. Every action class is learnable from
 each modality on its own: a square of the class's colour moves on screen
-while the action lasts, the soundtrack is the sum of the classes' tones
-(present from the first sample, since the audio pipeline reads only the
-start), and the script names the actions. Everything is deterministic given
-``--seed``. ``<out>`` is what ``env.data_dir`` points at.
+while the action lasts, the soundtrack is the sum of the classes' tones,
+and the script names the actions. In most videos the actions last the whole
+video and their tones sound from the first sample (the audio pipeline reads
+only the start). In a ``--localized-fraction`` of them the actions take
+turns in distinct, non-overlapping intervals, square and tone present only
+during their action, so that *when* is learnable and measurable (the
+``actions`` column gives the intervals, as in Charades). A
+``--generic-script-fraction`` of the scripts name no action, so that a
+model must look and listen, not only read. Everything is deterministic
+given ``--seed``. ``<out>`` is what ``env.data_dir`` points at.
 """
 
 from __future__ import annotations
@@ -78,14 +84,21 @@ def video_id(rng: np.random.Generator) -> str:
 
 
 def pick_actions(rng: np.random.Generator, classes: list[ActionClass], duration: float,
-                 must_include: ActionClass | None) -> list[Action]:
+                 must_include: ActionClass | None, localized: bool) -> list[Action]:
+    """One to three actions: lasting (almost) the whole video, or, ``localized``,
+    taking turns in consecutive slots with a gap between them."""
     count = int(rng.integers(1, 4))
     chosen = list(rng.choice(len(classes), size=count, replace=False))
     if must_include is not None and classes.index(must_include) not in chosen:
         chosen[0] = classes.index(must_include)
+    phases = [float(rng.uniform(0, 2 * np.pi)) for _ in chosen]
+    if localized:
+        slot = duration / count
+        return [Action(classes[i], round(n * slot, 2), round((n + 0.85) * slot, 2), phase)
+                for n, (i, phase) in enumerate(zip(chosen, phases, strict=True))]
     return [Action(classes[i], round(float(rng.uniform(0, 0.15 * duration)), 2),
-                   round(float(rng.uniform(0.85 * duration, duration)), 2), float(rng.uniform(0, 2 * np.pi)))
-            for i in chosen]
+                   round(float(rng.uniform(0.85 * duration, duration)), 2), phase)
+            for i, phase in zip(chosen, phases, strict=True)]
 
 
 def render_frame(actions: list[Action], t: float, width: int, height: int, background: np.ndarray) -> np.ndarray:
@@ -101,26 +114,37 @@ def render_frame(actions: list[Action], t: float, width: int, height: int, backg
     return frame
 
 
-def soundtrack(actions: list[Action], duration: float, rate: int, rng: np.random.Generator) -> np.ndarray:
+def soundtrack(actions: list[Action], duration: float, rate: int, rng: np.random.Generator,
+               localized: bool) -> np.ndarray:
+    """Each action's tone: all along, or (``localized``) only during its action."""
     # Quiet tones: the Charades audio pipeline turns mel power into bytes by
     # multiplying by 255 and wrapping, so louder tones would alias into noise.
     t = np.arange(int(duration * rate)) / rate
-    audio = sum(TONE_AMPLITUDE * np.sin(2 * np.pi * a.action_class.tone_hz * t + a.phase) for a in actions)
+
+    def heard(action: Action) -> np.ndarray:
+        return ((t >= action.start) & (t <= action.end)).astype(np.float64) if localized else np.ones_like(t)
+
+    audio = sum(TONE_AMPLITUDE * heard(a) * np.sin(2 * np.pi * a.action_class.tone_hz * t + a.phase) for a in actions)
     audio = audio + rng.normal(0, 1e-4, size=t.shape)
     return np.clip(audio, -1, 1).astype(np.float32)[None, :]
 
 
-def write_example(path: Path, actions: list[Action], args: argparse.Namespace, rng: np.random.Generator) -> None:
+def write_example(path: Path, actions: list[Action], args: argparse.Namespace, rng: np.random.Generator,
+                  localized: bool) -> None:
     background = np.clip(rng.normal(60, 12, size=(args.height, args.width, 3)), 0, 255).astype(np.uint8)
     frames = (render_frame(actions, index / args.fps, args.width, args.height, background)
               for index in range(int(round(args.duration * args.fps))))
-    write_video(path, frames, fps=args.fps, audio=soundtrack(actions, args.duration, args.audio_rate, rng),
+    write_video(path, frames, fps=args.fps, audio=soundtrack(actions, args.duration, args.audio_rate, rng, localized),
                 audio_rate=args.audio_rate, video_options={"preset": "veryfast", "crf": "23"})
 
 
-def script_for(actions: list[Action], rng: np.random.Generator) -> str:
-    phrases = [a.action_class.name[0].lower() + a.action_class.name[1:] for a in actions]
-    text = "In this video: " + ", then ".join(phrases) + "."
+def script_for(actions: list[Action], rng: np.random.Generator, generic: bool) -> str:
+    """The actions in order, or (``generic``) a script that names none of them."""
+    if generic:
+        text = "A person is at home."
+    else:
+        phrases = [a.action_class.name[0].lower() + a.action_class.name[1:] for a in actions]
+        text = "In this video: " + ", then ".join(phrases) + "."
     return f"{text} {rng.choice(FILLERS)}".strip()
 
 
@@ -135,12 +159,14 @@ def write_split(name: str, count: int, classes: list[ActionClass], layout: Chara
         used_ids.add(vid)
         # the training split shows every class at least once
         must_include = classes[index] if name == "train" and index < len(classes) else None
-        actions = pick_actions(rng, classes, args.duration, must_include)
-        write_example(videos / f"{vid}.mp4", actions, args, rng)
+        localized = bool(rng.random() < args.localized_fraction)
+        actions = pick_actions(rng, classes, args.duration, must_include, localized)
+        write_example(videos / f"{vid}.mp4", actions, args, rng, localized)
+        generic_script = bool(rng.random() < args.generic_script_fraction)
         rows.append({
             "id": vid, "subject": f"S{int(rng.integers(1, 99)):02d}", "scene": str(rng.choice(SCENES)),
             "quality": int(rng.integers(3, 8)), "relevance": int(rng.integers(4, 8)), "verified": "Yes",
-            "script": script_for(actions, rng), "objects": "", "descriptions": "",
+            "script": script_for(actions, rng, generic_script), "objects": "", "descriptions": "",
             "actions": ";".join(f"{a.action_class.class_id} {a.start:.2f} {a.end:.2f}" for a in actions),
             "length": f"{args.duration:.2f}",
         })
@@ -161,6 +187,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--height", type=int, default=120)
     parser.add_argument("--fps", type=float, default=12.0)
     parser.add_argument("--audio-rate", type=int, default=16000)
+    parser.add_argument("--localized-fraction", type=float, default=0.5,
+                        help="share of videos whose actions take turns in distinct intervals")
+    parser.add_argument("--generic-script-fraction", type=float, default=0.3,
+                        help="share of videos whose script names none of their actions")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--skip-existing", action="store_true",

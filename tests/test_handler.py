@@ -367,3 +367,87 @@ def test_malformed_v2_binary_bodies_get_400_naming_the_problem(served, test_vide
                                                 headers=[{kserve_v2.HEADER_LENGTH: str(length)}, {}])
     assert (status, good_status) == (400, 200)
     assert "KServe v2" in answer["error"] and message in answer["error"]
+
+
+# --------------------------------------------------------------- timeline
+
+def test_a_timeline_leaves_the_video_level_answer_as_it_was(served, test_videos):
+    handler, context = served
+    video, script = test_videos[0]
+    (_, plain), (status, timed) = handle(handler, context, [form(video, script),
+                                                            form(video, script, segment_seconds=bytearray(b"0.5"))])
+    assert status == 200 and set(plain) == {"labels", "scores", "threshold"}
+    assert {key: timed[key] for key in plain} == plain  # the same JSON, to the last digit
+    assert timed["segment_seconds"] == 0.5
+    windows = timed["timeline"]
+    assert [(w["start"], w["end"]) for w in windows] == [(0.0, 0.5), (0.5, 1.0), (1.0, 1.5), (1.5, 2.0)]
+    for window in windows:
+        assert len(window["scores"]) == len(handler.predictor.classes)
+        assert window["labels"] == [n for n, p in window["scores"].items() if p >= timed["threshold"]]
+
+
+def test_each_window_is_the_model_on_that_window(served, test_videos):
+    from minimmf.common.sample import SampleList
+    from minimmf.datasets.builders.charades.video_clips import timeline_windows
+
+    handler, context = served
+    video, script = test_videos[1]
+    (_, answer), = handle(handler, context, [form(video, script, segment_seconds=bytearray(b"1"))])
+    maker = handler.predictor.sample_maker
+    clips = maker.decode_plan(video, timeline_windows(1.0, 64, maker.frames_per_clip))
+    with torch.inference_mode():
+        expected = torch.sigmoid(handler.predictor.model(SampleList([maker.from_clip(c, script) for c in clips]))
+                                 ["scores"])
+    assert len(answer["timeline"]) == len(clips) == 2
+    for window, row in zip(answer["timeline"], expected, strict=True):
+        for index, name in enumerate(handler.predictor.classes):
+            assert window["scores"][name] == pytest.approx(float(row[index]), abs=1e-5)
+
+
+@pytest.mark.parametrize("value", [b"0", b"-1", b"two", b"1e9", b"nan", b"inf", b""])
+def test_bad_segment_seconds_get_400(served, test_videos, value):
+    handler, context = served
+    video, script = test_videos[0]
+    (status, body), (good, _) = handle(handler, context, [form(video, script, segment_seconds=bytearray(value)),
+                                                          form(video, script)])
+    assert (status, good) == (400, 200) and "segment_seconds" in body["error"]
+
+
+def test_window_edges(model_dir, test_videos):
+    """A video shorter than one window is one window; max_segments lengthens the windows."""
+    handler, context = load_handler(model_dir, {"handler": {"max_segments": 2, "top_k": 3}})
+    video, script = test_videos[0]
+    (_, long_windows), (_, capped) = handle(handler, context, [
+        form(video, script, segment_seconds=bytearray(b"30")), form(video, script, segment_seconds=bytearray(b"0.25"))])
+    assert [(w["start"], w["end"]) for w in long_windows["timeline"]] == [(0.0, 2.0)]
+    assert long_windows["segment_seconds"] == 30
+    assert capped["segment_seconds"] == 1.0 and len(capped["timeline"]) == 2
+    assert all(len(window["scores"]) == 3 for window in capped["timeline"])
+
+
+def test_timeline_in_kserve_v2_and_from_the_setting(model_dir, test_videos):
+    handler, context = load_handler(model_dir, {"handler": {"segment_seconds": 1.0}})
+    video, script = test_videos[0]
+    request = kserve_v2_request(video, script)
+    request["inputs"].append({"name": "segment_seconds", "shape": [1], "datatype": "FP32", "data": [0.5]})
+    (_, v2), (_, default) = handle(handler, context, [{"body": request}, form(video, script)])
+    assert len(json.loads(v2["outputs"][0]["data"][0])["timeline"]) == 4
+    assert default["segment_seconds"] == 1.0 and len(default["timeline"]) == 2
+
+
+def test_several_clips_pool_into_the_video_level_answer(model_dir, test_videos):
+    from minimmf.common.sample import SampleList
+    from minimmf.datasets.builders.charades.video_clips import spread_clips
+
+    video, script = test_videos[2]
+    for pooling in ("max", "mean"):
+        handler, context = load_handler(model_dir, {"handler": {"clips": 3, "clip_pooling": pooling}})
+        (_, answer), = handle(handler, context, [form(video, script)])
+        maker = handler.predictor.sample_maker
+        clips = maker.decode_plan(video, spread_clips(3, maker.frames_per_clip))
+        with torch.inference_mode():
+            rows = torch.sigmoid(handler.predictor.model(SampleList([maker.from_clip(c, script) for c in clips]))
+                                 ["scores"])
+        pooled = rows.max(dim=0).values if pooling == "max" else rows.mean(dim=0)
+        for index, name in enumerate(handler.predictor.classes):
+            assert answer["scores"][name] == pytest.approx(float(pooled[index]), abs=1e-5)

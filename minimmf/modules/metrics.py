@@ -7,6 +7,11 @@ Each metric takes sigmoid-able ``scores`` (N, C) logits and multi-hot
 have at least one positive (MMF's own ``ap`` metrics apply a softmax, which
 does not fit multi-label data).
 
+``localization_map`` is Charades' localization score: the same mean average
+precision over per-time-point predictions (25 equally spaced time points
+per video, each scored by the timeline window holding it, against the
+actions whose start/end hold it); the trainer runs the timeline for it.
+
 ``evaluation.metrics`` lists names or MMF's dict form, ``{type, key, params,
 datasets}``: ``key`` renames the report entry, ``params`` go to the metric,
 ``datasets`` limits it to those datasets.
@@ -87,8 +92,23 @@ class ConfiguredMetric:
     def applies_to(self, dataset_name: str) -> bool:
         return not self.datasets or dataset_name in self.datasets
 
+    @property
+    def on_time_points(self) -> bool:
+        """Scored on a timeline's time points rather than on whole videos."""
+        function = self.function.func if isinstance(self.function, partial) else self.function
+        return getattr(function, "on_time_points", False)
+
     def __call__(self, scores: Tensor, targets: Tensor) -> float:
         return self.function(scores, targets)
+
+
+@registry.register_metric("localization_map")
+def localization_map(scores: Tensor, targets: Tensor) -> float:
+    """``map`` over the time points of every video ((videos x points, classes))."""
+    return mean_average_precision(scores, targets)
+
+
+localization_map.on_time_points = True  # the trainer feeds it time points, not videos
 
 
 def build_metric(entry: Any) -> ConfiguredMetric:

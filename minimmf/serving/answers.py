@@ -21,15 +21,28 @@ def labels_above(probabilities: torch.Tensor, classes: Sequence[str], threshold:
     return [classes[i] for i in order if probabilities[i] >= threshold]
 
 
+def pool_clips(probabilities: torch.Tensor, pooling: str) -> torch.Tensor:
+    """One video's probabilities from its clips' (clips, classes): the clip's own
+    for one clip, else their maximum (Charades' convention) or mean."""
+    if len(probabilities) == 1:
+        return probabilities[0]
+    return probabilities.max(dim=0).values if pooling == "max" else probabilities.mean(dim=0)
+
+
+def top_scores(probabilities: torch.Tensor, classes: Sequence[str], top_k: int) -> dict[str, float]:
+    """The ``top_k`` highest probabilities by class name (0: all), highest first."""
+    order = torch.argsort(probabilities, descending=True, stable=True).tolist()
+    return {classes[i]: round(float(probabilities[i]), 6) for i in order[: top_k or len(classes)]}
+
+
 def build_answer(probabilities: torch.Tensor, classes: Sequence[str], threshold: float, top_k: int,
                  expected: list[str] | None) -> dict[str, Any]:
     """One request's JSON answer: ``labels``, ``scores`` (the ``top_k`` highest,
     0 = all), ``threshold``, and with expected labels ``found``/``missed``/``unknown_labels``."""
     labels = labels_above(probabilities, classes, threshold)
-    order = torch.argsort(probabilities, descending=True, stable=True).tolist()
     answer: dict[str, Any] = {
         "labels": labels,
-        "scores": {classes[i]: round(float(probabilities[i]), 6) for i in order[: top_k or len(classes)]},
+        "scores": top_scores(probabilities, classes, top_k),
         "threshold": threshold,
     }
     if expected is not None:
@@ -39,6 +52,19 @@ def build_answer(probabilities: torch.Tensor, classes: Sequence[str], threshold:
         answer["missed"] = [label for label in expected if label in known and label not in labels]
         answer["unknown_labels"] = [label for label in expected if label not in known]
     return answer
+
+
+def build_timeline(probabilities: torch.Tensor, spans: list[tuple[float, float]], window_seconds: float,
+                   classes: Sequence[str], threshold: float, top_k: int) -> dict[str, Any]:
+    """The ``timeline`` of an answer: for each window, in order, its start and
+    end (seconds), its labels and its scores (``top_k`` as the video's), with
+    the window length it used (``segment_seconds``)."""
+    return {
+        "segment_seconds": round(window_seconds, 3),
+        "timeline": [{"start": round(start, 3), "end": round(end, 3),
+                      "labels": labels_above(row, classes, threshold), "scores": top_scores(row, classes, top_k)}
+                     for row, (start, end) in zip(probabilities, spans, strict=True)],
+    }
 
 
 def v2_response(answer: dict[str, Any], request_id: str | None, model_name: str,

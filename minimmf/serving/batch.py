@@ -1,6 +1,7 @@
 """A batch of requests on its way through the handler's hooks: the samples
-of the usable requests, collated, and the error of each other one, so that
-one bad request never fails the rest of its batch."""
+of the usable requests (each request's clips, then its timeline's windows),
+and the error of each other one, so that one bad request never fails the
+rest of its batch."""
 
 from __future__ import annotations
 
@@ -9,18 +10,29 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from minimmf.common.sample import Sample, SampleList
+from minimmf.common.sample import Sample
 from minimmf.datasets.builders.charades.video_clips import VideoDecodeError
 from minimmf.serving.inputs import BadRequest, ParsedRequest
+from minimmf.serving.predictor import RequestSamples
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
+class RequestRows:
+    """Where one request's samples are in the batch's list."""
+
+    request: ParsedRequest
+    clips: range  # its video-level clips, pooled into the video's answer
+    windows: range  # its timeline's windows (empty when the timeline is off)
+    samples: RequestSamples
+
+
+@dataclass
 class PreparedBatch:
     size: int
-    requests: dict[int, ParsedRequest] = field(default_factory=dict)  # usable requests by index
-    samples: list[Sample] = field(default_factory=list)  # one per usable request, in index order
+    rows: dict[int, RequestRows] = field(default_factory=dict)  # usable requests by index
+    samples: list[Sample] = field(default_factory=list)  # every usable request's, in index order
     errors: dict[int, tuple[int, str]] = field(default_factory=dict)  # index -> (HTTP status, message)
     describe: set[int] = field(default_factory=set)  # requests for the model's description
 
@@ -36,18 +48,9 @@ class PreparedBatch:
             logger.exception("request %d of the batch failed", index)
             self.errors[index] = (500, "the request could not be processed; see the model log")
 
-    def add(self, index: int, request: ParsedRequest, sample: Sample) -> None:
-        self.requests[index] = request
-        self.samples.append(sample)
-
-    def collate(self, dataset_name: str) -> SampleList | None:
-        """The usable requests' samples as one batch (None when there are none)."""
-        if not self.samples:
-            return None
-        batch = SampleList(self.samples)
-        batch.dataset_name, batch.dataset_type = dataset_name, "test"
-        return batch
-
-    def row_of(self, index: int) -> int:
-        """The row of request ``index`` in the collated batch."""
-        return list(self.requests).index(index)
+    def add(self, index: int, request: ParsedRequest, samples: RequestSamples) -> None:
+        first = len(self.samples)
+        clips = range(first, first + len(samples.clips))
+        windows = range(clips.stop, clips.stop + len(samples.windows))
+        self.rows[index] = RequestRows(request, clips, windows, samples)
+        self.samples += samples.clips + samples.windows

@@ -17,12 +17,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from minimmf.serving import kserve_v2
-from minimmf.serving.settings import HandlerSettings
+from minimmf.serving.settings import MAX_SEGMENT_SECONDS, HandlerSettings
 
 
 class BadRequest(ValueError):
@@ -36,6 +37,7 @@ class ParsedRequest:
     expected_labels: list[str] | None
     v2_id: str | None = None  # set for KServe v2 requests: answered in the v2 format
     v2_binary_output: bool = False  # the v2 request asked for its answer in binary
+    segment_seconds: float | None = None  # a timeline's window length asked for (None: the setting's)
 
 
 MAX_V2_INPUTS = 16
@@ -61,8 +63,10 @@ def parse_request(request: dict[str, Any], settings: HandlerSettings,
         raise BadRequest(f"the script has {len(script):,} characters, over the limit of "
                          f"{settings.max_script_chars:,} (handler.max_script_chars in model-config.yaml)")
     labels = fields.get("labels", info.get("action_labels", info.get("labels")))
+    segment_seconds = fields.get("segment_seconds")
     return ParsedRequest(video, script, _labels(labels, settings) if labels is not None else None,
-                         fields.get("v2_id"), fields.get("v2_binary_output", False))
+                         fields.get("v2_id"), fields.get("v2_binary_output", False),
+                         _segment_seconds(segment_seconds) if segment_seconds is not None else None)
 
 
 def parse_json(value: bytes | bytearray | str, what: str, max_bytes: int, max_depth: int) -> Any:
@@ -193,6 +197,21 @@ def _labels(value: Any, settings: HandlerSettings) -> list[str]:
         raise BadRequest(f"field 'labels' is over the limit of {settings.max_json_bytes:,} characters "
                          "(handler.max_json_bytes in model-config.yaml)")
     return value
+
+
+def _segment_seconds(value: Any) -> float:
+    """A timeline window length: a number of seconds > 0 (as text or a number)."""
+    if isinstance(value, (bytes, bytearray, str)):
+        text = _text(value, "field 'segment_seconds'").strip()[:40]
+        try:
+            value = float(text)
+        except ValueError:
+            raise BadRequest(f"field 'segment_seconds' must be a number of seconds, not {text!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+            not 0 < value <= MAX_SEGMENT_SECONDS:
+        raise BadRequest(f"field 'segment_seconds' must be a number of seconds > 0 and at most "
+                         f"{MAX_SEGMENT_SECONDS:g}, not {str(value)[:40]}")
+    return float(value)
 
 
 def _info(value: Any, settings: HandlerSettings) -> dict[str, Any]:

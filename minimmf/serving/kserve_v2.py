@@ -66,11 +66,15 @@ def encode_request(inputs: Mapping[str, list[bytes]], outputs: list[str],
     return encode_binary(header, "inputs", inputs)
 
 
-def handler_inputs(video: bytes, script: str, labels: list[str] | None = None) -> dict[str, list[bytes]]:
-    """The v2 inputs the handler reads: data (the video), script, labels (a JSON list as text)."""
+def handler_inputs(video: bytes, script: str, labels: list[str] | None = None,
+                   segment_seconds: float | None = None) -> dict[str, list[bytes]]:
+    """The v2 inputs the handler reads: data (the video), script, labels (a
+    JSON list as text), segment_seconds (a number as text)."""
     tensors = {"data": [video], "script": [script.encode("utf-8")]}
     if labels is not None:
         tensors["labels"] = [json.dumps(labels).encode("utf-8")]
+    if segment_seconds is not None:
+        tensors["segment_seconds"] = [str(segment_seconds).encode("ascii")]
     return tensors
 
 

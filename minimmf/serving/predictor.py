@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 from minimmf.common.sample import Sample, SampleList
 from minimmf.datasets.builders.charades._utils import read_action_labels
 from minimmf.datasets.builders.charades.dataset import CharadesSampleMaker
-from minimmf.datasets.builders.charades.video_clips import DecodedClip, DecodeLimits
+from minimmf.datasets.builders.charades.video_clips import (
+    ClipPlan,
+    DecodeLimits,
+    spread_clips,
+    timeline_windows,
+    window_seconds,
+)
 from minimmf.datasets.processors.bert_processors import VOCAB_FILE_NAME
 from minimmf.serving.settings import HandlerSettings
 from minimmf.utils.build import build_model, build_processors
@@ -45,13 +53,18 @@ def find_labels_file(model_dir: Path) -> Path:
 
 
 def load_serving_config(model_dir: Path) -> DictConfig:
-    """config.yaml from the archive, with the tokenizer pointed at the archived vocabulary."""
+    """config.yaml from the archive, with the tokenizer pointed at the archived
+    vocabulary and the encoders' pretrained weights off (the archive has them)."""
     config_path = model_dir / "config.yaml"
     if not config_path.is_file():
         raise FileNotFoundError(
             f"no config.yaml in the archive ({model_dir}); pass save/config.yaml with --extra-files"
         )
     config = OmegaConf.load(config_path)
+    for modality in config.model_config[config.model].get("modalities", []):
+        encoder_params = (modality.get("encoder") or {}).get("params")
+        if encoder_params is not None and encoder_params.get("pretrained"):
+            encoder_params.pretrained = False  # the archive's weights replace them: nothing to fetch
     vocab = model_dir / VOCAB_FILE_NAME
     if vocab.is_file():
         text_params = config.dataset_config[DATASET].processors.text_processor.params
@@ -101,6 +114,18 @@ def prepare_for_serving(model: torch.nn.Module, device: torch.device, settings: 
     return model
 
 
+@dataclass
+class RequestSamples:
+    """The model inputs of one request: its video-level clips (pooled into
+    one answer), and its timeline's windows with the seconds each spans."""
+
+    clips: list[Sample]
+    windows: list[Sample] = field(default_factory=list)
+    spans: list[tuple[float, float]] = field(default_factory=list)
+    window_seconds: float | None = None  # the length the timeline used (None: no timeline)
+    decode_seconds: float = 0.0  # of the time to make them, what decoding the video took
+
+
 class Predictor:
     """Video -> clip (``decode``); clip + script -> sample (``sample``);
     samples -> probabilities (``predict``)."""
@@ -133,13 +158,33 @@ class Predictor:
                    load_checkpoint_file(model_dir / serialized_file, map_location="cpu"), select_device(gpu_id),
                    settings)
 
-    def decode(self, video: bytes) -> DecodedClip:
-        """The clip evaluation takes from the video (``frames_per_clip`` frames, the audio it reads)."""
-        return self.sample_maker.decode(video)
+    def plan(self, segment_seconds: float) -> tuple[ClipPlan, int]:
+        """What to decode from one video: the ``clips`` video-level clips and,
+        with ``segment_seconds`` > 0, the timeline's windows; and how many of
+        the plan's clips are video-level (they come first)."""
+        clips = spread_clips(self.settings.clips, self.frames_per_clip)
+        if segment_seconds <= 0:
+            return clips, self.settings.clips
+        windows = timeline_windows(segment_seconds, self.settings.max_segments, self.frames_per_clip)
+        return (lambda info: clips(info) + windows(info)), self.settings.clips
 
-    def sample(self, clip: DecodedClip, script: str) -> Sample:
-        """The model inputs of a decoded clip and its script, as evaluation makes them."""
-        return self.sample_maker.from_clip(clip, script)
+    def samples(self, video: bytes, script: str, segment_seconds: float | None = None) -> RequestSamples:
+        """Decode the video once and build every sample a request needs, as
+        evaluation builds them: the video-level clips and the timeline's windows."""
+        seconds = self.settings.segment_seconds if segment_seconds is None else segment_seconds
+        plan, video_clips = self.plan(seconds)
+        started = time.perf_counter()
+        decoded = self.sample_maker.decode_plan(video, plan)
+        decode_seconds = time.perf_counter() - started
+        text = self.sample_maker.text_fields(script)
+        samples = [self.sample_maker.from_clip(clip, script, text) for clip in decoded]
+        if len(decoded) == video_clips:
+            return RequestSamples(samples, decode_seconds=decode_seconds)
+        windows = decoded[video_clips:]
+        duration = decoded[0].num_video_frames / (decoded[0].video_fps or 1.0)
+        return RequestSamples(samples[:video_clips], samples[video_clips:],
+                              [(clip.start, clip.end) for clip in windows],
+                              window_seconds(duration, seconds, self.settings.max_segments), decode_seconds)
 
     def describe(self) -> dict[str, Any]:
         """The model in brief: its labels, threshold, device and the config's main sizes."""
@@ -162,8 +207,15 @@ class Predictor:
             },
         }
 
-    def predict(self, samples: SampleList) -> torch.Tensor:
-        """Per-class probabilities (batch, classes), float32 on the CPU."""
+    def predict(self, samples: list[Sample]) -> torch.Tensor:
+        """Per-class probabilities (len(samples), classes), float32 on the CPU,
+        through the model ``max_model_batch`` samples at a time."""
+        step = self.settings.max_model_batch
+        return torch.cat([self._predict_batch(samples[first:first + step]) for first in range(0, len(samples), step)])
+
+    def _predict_batch(self, samples: list[Sample]) -> torch.Tensor:
+        batch = SampleList(samples)
+        batch.dataset_name, batch.dataset_type = DATASET, "test"
         with torch.inference_mode(), autocast_for(self.device, self.settings.precision):
-            scores = self.model(samples.to(self.device, non_blocking=True))["scores"]
+            scores = self.model(batch.to(self.device, non_blocking=True))["scores"]
             return torch.sigmoid(scores.float()).cpu()

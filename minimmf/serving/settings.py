@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 PRECISIONS = ("fp32", "bf16")
+CLIP_POOLINGS = ("max", "mean")
+MAX_SEGMENT_SECONDS = 3600.0
 
 
 class SettingsError(ValueError):
@@ -32,6 +34,15 @@ class HandlerSettings:
     max_json_bytes: int = 256 * 1024
     max_json_depth: int = 16
     max_labels: int = 200
+    # when, not only what: a timeline of windows of this many seconds (0 = off; a request's
+    # segment_seconds field overrides it), at most max_segments windows (longer ones for a long video)
+    segment_seconds: float = 0.0
+    max_segments: int = 64
+    # the video-level answer pools this many clips spread over the video (1 = MMF's one clip)
+    clips: int = 1
+    clip_pooling: str = "max"
+    # at most this many clips and windows go through the model at once
+    max_model_batch: int = 16
     # channels-last convolution weights: the same fp32 answers (to ~1e-6), faster kernels
     channels_last: bool = True
     # opt-in modes that change the answers slightly (bench/precision.py measures them)
@@ -62,8 +73,13 @@ class HandlerSettings:
             raise SettingsError("handler.quantize_bert works with precision fp32 only (int8 kernels take fp32 input)")
         if self.top_k < 0:
             raise SettingsError(f"handler.top_k must be >= 0, not {self.top_k}")
+        if not 0 <= self.segment_seconds <= MAX_SEGMENT_SECONDS:
+            raise SettingsError(f"handler.segment_seconds must be 0 (off) or seconds up to {MAX_SEGMENT_SECONDS}, "
+                                f"not {self.segment_seconds}")
+        if self.clip_pooling not in CLIP_POOLINGS:
+            raise SettingsError(f"handler.clip_pooling must be one of {CLIP_POOLINGS}, not {self.clip_pooling!r}")
         for name in ("max_video_bytes", "max_frame_pixels", "max_frames", "max_decode_seconds", "max_script_chars",
-                     "max_json_bytes", "max_json_depth", "max_labels"):
+                     "max_json_bytes", "max_json_depth", "max_labels", "max_segments", "clips", "max_model_batch"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"handler.{name} must be > 0, not {getattr(self, name)}")
 

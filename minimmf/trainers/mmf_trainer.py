@@ -33,6 +33,7 @@ from minimmf.common.registry import registry
 from minimmf.common.sample import SampleList
 from minimmf.datasets.builders.charades._utils import write_action_labels_csv
 from minimmf.modules.metrics import build_metrics
+from minimmf.serving.answers import pool_clips
 from minimmf.utils import distributed
 from minimmf.utils.build import build_model, build_optimizer, build_scheduler
 from minimmf.utils.checkpoint import Checkpoint
@@ -47,12 +48,14 @@ logger = logging.getLogger(__name__)
 
 
 class BatchCollator:
-    """Samples -> SampleList, tagged with the dataset's name and split (as MMF)."""
+    """Samples -> SampleList, tagged with the dataset's name and split (as MMF).
+    An item that is a list of samples (a video's clips) adds each of them."""
 
     def __init__(self, dataset_name: str, dataset_type: str):
         self.dataset_name, self.dataset_type = dataset_name, dataset_type
 
-    def __call__(self, samples: list[Any]) -> SampleList:
+    def __call__(self, items: list[Any]) -> SampleList:
+        samples = [sample for item in items for sample in (item if isinstance(item, list) else [item])]
         batch = SampleList(samples)
         batch.dataset_name, batch.dataset_type = self.dataset_name, self.dataset_type
         return batch
@@ -348,6 +351,7 @@ class MMFTrainer:
         report = {key: total / samples for key, total in loss_sums.items()}
         report[f"{split}/total_loss"] = sum(report.values())
         report.update(self.compute_metrics(split, scores, targets))
+        report.update(self.time_point_metrics(split))
         log_progress(logger, {"update": self.num_updates, "split": split,
                               **{key: f"{value:.4f}" for key, value in report.items()}},
                      self.training_config.log_format)
@@ -380,33 +384,73 @@ class MMFTrainer:
             scores.append(output["scores"].float().to(keep_on))
             targets.append(batch.targets.float().to(keep_on))
         local = (loss_sums, len(ids), ids, torch.cat(scores).cpu(), torch.cat(targets).cpu())
-        return self._merge(distributed.all_gather_objects(local), keep_on)
+        pooling = getattr(self.datasets[split], "clip_pooling", "max")
+        return self._merge(distributed.all_gather_objects(local), keep_on, pooling)
 
     @staticmethod
-    def _merge(parts: list[tuple], device: torch.device) -> tuple[dict[str, float], int, list[Any], Tensor, Tensor]:
+    def _merge(parts: list[tuple], device: torch.device,
+               pooling: str) -> tuple[dict[str, float], int, list[Any], Tensor, Tensor]:
+        """Every process's losses and outputs together, one row per video: its clips'
+        scores pooled (``pooling``: max or mean of the probabilities), each clip once."""
         loss_sums: dict[str, float] = {}
-        unique: dict[Any, tuple[Tensor, Tensor]] = {}
+        clips: dict[Any, dict[int, Tensor]] = {}
+        targets: dict[Any, Tensor] = {}
         samples = 0
         for part_sums, part_samples, part_ids, part_scores, part_targets in parts:
             for key, value in part_sums.items():
                 loss_sums[key] = loss_sums.get(key, 0.0) + value
             samples += part_samples
+            seen: dict[Any, int] = {}
             for index, item_id in enumerate(part_ids):
-                # the distributed sampler repeats a few videos to even out the processes
-                unique.setdefault(item_id, (part_scores[index], part_targets[index]))
-        ids = list(unique)
-        scores = torch.stack([unique[i][0] for i in ids]).to(device)
-        targets = torch.stack([unique[i][1] for i in ids]).to(device)
-        return loss_sums, samples, ids, scores, targets
+                # a video's clips come in order; the distributed sampler repeats a few videos
+                clip = seen[item_id] = seen.get(item_id, -1) + 1
+                clips.setdefault(item_id, {}).setdefault(clip, part_scores[index])
+                targets.setdefault(item_id, part_targets[index])
+        ids = list(clips)
+        scores = torch.stack([pool_scores(torch.stack(list(clips[i].values())), pooling) for i in ids]).to(device)
+        return loss_sums, samples, ids, scores, torch.stack([targets[i] for i in ids]).to(device)
 
     def compute_metrics(self, split: str, scores: Tensor, targets: Tensor, reduce: bool = False) -> dict[str, float]:
         """``<split>/<dataset>/<metric key>`` of every metric; ``reduce`` averages
         each process's value (for the training batches, which differ per process)."""
         values = {}
         for key, metric in self.metrics.items():
+            if metric.on_time_points:
+                continue
             value = torch.tensor(float(metric(scores, targets)), device=self.device)
             values[f"{split}/{self.dataset_name}/{key}"] = float(distributed.reduce_mean(value) if reduce else value)
         return values
+
+    def time_point_metrics(self, split: str) -> dict[str, float]:
+        """The metrics scored on time points (Charades' localization): the
+        split's videos through the timeline, each time point scored by its window."""
+        metrics = {key: metric for key, metric in self.metrics.items() if metric.on_time_points}
+        if not metrics:
+            return {}
+        scores, targets = self.time_point_loop(split)
+        return {f"{split}/{self.dataset_name}/{key}": float(metric(scores, targets)) for key, metric in metrics.items()}
+
+    @torch.inference_mode()
+    def time_point_loop(self, split: str) -> tuple[Tensor, Tensor]:
+        """(time points, classes) scores and targets of every video of ``split``,
+        each process taking its share of the videos."""
+        dataset, model = self.datasets[split], self.unwrapped_model
+        model.eval()
+        collate = BatchCollator(self.dataset_name, split)
+        step = self.batch_size
+        scores, targets = [], []
+        mine = range(distributed.get_rank(), len(dataset), distributed.get_world_size())
+        for idx in tqdm(mine, desc=f"timelines of {split}", unit="video", leave=False,
+                        disable=not (self.is_main and sys.stderr.isatty())):
+            windows, window_of, point_targets = dataset.timeline_item(idx)
+            window_scores = []
+            for first in range(0, len(windows), step):
+                with self.autocast():
+                    window_scores.append(model(collate(windows[first:first + step]).to(self.device))["scores"].float())
+            scores.append(torch.cat(window_scores).cpu()[window_of])
+            targets.append(point_targets)
+        parts = distributed.all_gather_objects((torch.cat(scores), torch.cat(targets)))
+        return torch.cat([part[0] for part in parts]), torch.cat([part[1] for part in parts])
 
     # --------------------------------------------------------------------- run
 
@@ -436,6 +480,13 @@ class MMFTrainer:
         if self.run_logging is not None:
             self.run_logging.close()
         distributed.shutdown(wait=completed)
+
+
+def pool_scores(clip_scores: Tensor, pooling: str) -> Tensor:
+    """One video's scores (logits) from its clips', pooled as serving pools them."""
+    if len(clip_scores) == 1:
+        return clip_scores[0]
+    return torch.logit(pool_clips(torch.sigmoid(clip_scores.float()), pooling), eps=1e-7)
 
 
 class _LossWindow:

@@ -35,11 +35,21 @@ def read_classes_file(classes_file: str | os.PathLike) -> dict[str, str]:
     return id_to_name
 
 
-def parse_actions(actions: object, id_to_name: dict[str, str]) -> list[str]:
-    """``"c092 11.90 21.20;c147 0.00 12.60"`` -> action names (empty if no actions)."""
+def parse_action_intervals(actions: object, id_to_name: dict[str, str]) -> list[tuple[str, float, float]]:
+    """``"c092 11.90 21.20;c147 0.00 12.60"`` -> (action name, start, end) of each (empty if no actions)."""
     if not isinstance(actions, str) or not actions.strip():
         return []
-    return [id_to_name[item.split(" ")[0]] for item in actions.split(";") if item.strip()]
+    intervals = []
+    for item in actions.split(";"):
+        if item.strip():
+            class_id, start, end = item.split()
+            intervals.append((id_to_name[class_id], float(start), float(end)))
+    return intervals
+
+
+def parse_actions(actions: object, id_to_name: dict[str, str]) -> list[str]:
+    """``"c092 11.90 21.20;c147 0.00 12.60"`` -> action names (empty if no actions)."""
+    return [name for name, _, _ in parse_action_intervals(actions, id_to_name)]
 
 
 def make_charades_df(csv_path: str | os.PathLike, video_dir: str | os.PathLike,

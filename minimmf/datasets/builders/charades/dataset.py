@@ -12,14 +12,18 @@ from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
 from minimmf.common.sample import Sample
-from minimmf.datasets.builders.charades._utils import CharadesLayout, read_classes_file
+from minimmf.datasets.builders.charades._utils import CharadesLayout, parse_action_intervals, read_classes_file
 from minimmf.datasets.builders.charades.video_clips import (
     UNBOUNDED,
+    ClipPlan,
     DecodedClip,
     DecodeLimits,
     VideoDecodeError,
     VideoSource,
-    decode_clip,
+    decode_clips,
+    mmf_clip,
+    spread_clips,
+    timeline_windows,
 )
 from minimmf.serving.answers import labels_above
 from minimmf.utils.build import build_processors
@@ -55,8 +59,15 @@ class CharadesSampleMaker:
         return self.per_frame(torch.from_numpy(frame)[None])[:, 0]
 
     def decode(self, source: VideoSource) -> DecodedClip:
+        """MMF's clip of the video."""
+        (clip,) = self.decode_plan(source, mmf_clip(self.frames_per_clip))
+        return clip
+
+    def decode_plan(self, source: VideoSource, plan: ClipPlan) -> list[DecodedClip]:
+        """Every clip ``plan`` asks for, in one decoding pass."""
         frame_transform = self._frame_to_tensor if self.per_frame is not None else None
-        return decode_clip(source, self.frames_per_clip, self.audio_samples_needed, self.limits, frame_transform)
+        _, clips = decode_clips(source, plan, self.audio_samples_needed, self.limits, frame_transform)
+        return clips
 
     def video_tensor(self, clip: DecodedClip) -> torch.Tensor:
         """The model's video input from a decoded clip."""
@@ -64,11 +75,16 @@ class CharadesSampleMaker:
             return self.on_clip(clip.video)
         return self.on_clip(clip.video.permute(1, 0, 2, 3))  # (T, C, h, w) frames -> (C, T, h, w)
 
-    def from_clip(self, clip: DecodedClip, script: str) -> Sample:
+    def text_fields(self, script: str) -> dict[str, Any]:
+        return self.text_processor({"text": script})
+
+    def from_clip(self, clip: DecodedClip, script: str, text: dict[str, Any] | None = None) -> Sample:
+        """The sample of a decoded clip and its script (``text``: the script's
+        ``text_fields``, when several clips share them)."""
         sample = Sample()
         sample.video = self.video_tensor(clip)
         sample.audio = self.audio_processor(clip.audio)
-        sample.update(self.text_processor({"text": script}))
+        sample.update(text if text is not None else self.text_fields(script))
         return sample
 
     def __call__(self, source: VideoSource, script: str) -> Sample:
@@ -86,10 +102,15 @@ class CharadesDataset(Dataset):
         self.prediction_threshold = float(config.get("prediction_threshold", 0.5))
         self.layout = CharadesLayout.from_config(config)
         # class index = alphabetical order of the class names, the same in every split
-        self.classes = sorted(read_classes_file(self.layout.classes_file).values())
+        self.id_to_name = read_classes_file(self.layout.classes_file)
+        self.classes = sorted(self.id_to_name.values())
         self.idx_to_class = self.classes
         self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
         self.df = self.layout.read_split(dataset_type)
+        # evaluation: clips pooled per video (1: MMF's one clip), and the timeline localization is scored on
+        self.eval_clips = int(config.get("eval_clips", 1))
+        self.clip_pooling = str(config.get("clip_pooling", "max"))
+        self.localization = config.get("localization", None) or {}
         self.init_processors()
 
     def init_processors(self) -> None:
@@ -107,15 +128,45 @@ class CharadesDataset(Dataset):
         one_hot[[self.class_to_idx[name] for name in labels]] = 1
         return one_hot
 
-    def __getitem__(self, idx: int) -> Sample:
+    def __getitem__(self, idx: int) -> Sample | list[Sample]:
+        """The video's sample; in evaluation with ``eval_clips`` > 1, one per clip (the same id)."""
+        if self.dataset_type == "train" or self.eval_clips == 1:
+            return self._samples(idx, mmf_clip(self.frames_per_clip))[0][0]
+        return self._samples(idx, spread_clips(self.eval_clips, self.frames_per_clip))[0]
+
+    def _samples(self, idx: int, plan: ClipPlan) -> tuple[list[Sample], list[DecodedClip]]:
+        """The samples of the clips ``plan`` asks for, decoded in one pass, and the clips."""
         row = self.df.iloc[idx]
         try:
-            sample = self.sample_maker(row["path"], row["script"])
+            clips = self.sample_maker.decode_plan(row["path"], plan)
         except VideoDecodeError as error:
             raise VideoDecodeError(f"{row['path']}: {error}") from error
-        sample.id = row["id"]
-        sample.targets = self.targets_for(row["action_labels"])
-        return sample
+        text = self.sample_maker.text_fields(row["script"])
+        targets = self.targets_for(row["action_labels"])
+        samples = []
+        for clip in clips:
+            sample = self.sample_maker.from_clip(clip, row["script"], text)
+            sample.id, sample.targets = row["id"], targets
+            samples.append(sample)
+        return samples, clips
+
+    def timeline_item(self, idx: int) -> tuple[list[Sample], list[int], torch.Tensor]:
+        """For Charades' localization score: the video's timeline windows (``localization``:
+        ``segment_seconds``, ``max_segments``), its ``time_points`` equally spaced time points
+        (point j at j/time_points of its length), the window each falls in, and the actions at each."""
+        row = self.df.iloc[idx]
+        plan = timeline_windows(float(self.localization.get("segment_seconds", 1.0)),
+                                int(self.localization.get("max_segments", 64)), self.frames_per_clip)
+        windows, clips = self._samples(idx, plan)
+        spans = [(clip.start, clip.end) for clip in clips]
+        points = int(self.localization.get("time_points", 25))
+        length = float(row["length"]) if str(row.get("length", "")).strip() else spans[-1][1]
+        times = [j / points * length for j in range(points)]
+        window_of = [next((w for w, (_, end) in enumerate(spans) if t < end), len(spans) - 1) for t in times]
+        actions = parse_action_intervals(row["actions"], self.id_to_name)
+        targets = torch.stack([self.targets_for([name for name, start, end in actions if start <= t <= end])
+                               for t in times])
+        return windows, window_of, targets
 
     def format_for_prediction(self, ids: list[Any], scores: torch.Tensor) -> list[dict[str, Any]]:
         """MMF's prediction format: the labels whose sigmoid reaches the threshold."""

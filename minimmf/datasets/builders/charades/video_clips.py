@@ -10,6 +10,11 @@ maker resizes it to the model's input size there), so memory does not grow
 with the video's length or frame size. Audio is decoded only up to the
 number of samples the audio pipeline looks at.
 
+One pass can also serve several clips (``decode_clips`` with a plan): MMF's
+clip, N clips spread over the video, or one clip per window of a timeline
+(``ClipSpec``: its frames and where its audio starts). A frame several clips
+share is converted once; each clip's audio is the slice from its start.
+
 Untrusted input (``DecodeLimits``): only real video containers are opened
 (``ALLOWED_CONTAINERS``); an MP4's sample tables are read before FFmpeg
 builds its index from them; the frame size, the frame count and the
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -81,11 +87,82 @@ class DecodedClip:
     audio_sample_rate: int | None
     num_video_frames: int  # frames in the whole video
     video_fps: float | None
+    start: float = 0.0  # the seconds of the video the clip spans
+    end: float | None = None
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int  # video packets with a timestamp (MMF's frame count)
+    fps: float | None
+
+    @property
+    def duration(self) -> float:
+        """Seconds, as the frames at ``fps`` span them (1 frame per second without a rate)."""
+        return self.num_frames / (self.fps or 1.0)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """One clip to decode: its frame indices, and the seconds it spans (its
+    audio is read from ``start``)."""
+
+    frame_indices: list[int]
+    start: float = 0.0
+    end: float | None = None
+
+
+ClipPlan = Callable[[VideoInfo], list[ClipSpec]]
 
 
 def clip_frame_indices(num_frames: int, frames_per_clip: int) -> list[int]:
     """MMF's evenly spaced frame indices (repeats when the video is short)."""
     return torch.round(torch.linspace(0, num_frames - 1, frames_per_clip)).long().tolist()
+
+
+def mmf_clip(frames_per_clip: int) -> ClipPlan:
+    """MMF's one clip: ``frames_per_clip`` frames spread over the whole video."""
+    return lambda info: [ClipSpec(clip_frame_indices(info.num_frames, frames_per_clip), 0.0, info.duration)]
+
+
+def spread_clips(clips: int, frames_per_clip: int) -> ClipPlan:
+    """``clips`` clips over ``clips`` equal parts of the video, each spread
+    over its part as MMF's clip is over the whole (``clips=1``: MMF's clip)."""
+    def plan(info: VideoInfo) -> list[ClipSpec]:
+        specs = []
+        for part in range(clips):
+            first = part * info.num_frames // clips
+            end = max(first + 1, (part + 1) * info.num_frames // clips)
+            indices = [first + i for i in clip_frame_indices(end - first, frames_per_clip)]
+            specs.append(ClipSpec(indices, first / (info.fps or 1.0), end / (info.fps or 1.0)))
+        return specs
+
+    return plan
+
+
+def window_seconds(duration: float, segment_seconds: float, max_segments: int) -> float:
+    """The window length a timeline uses: ``segment_seconds``, or longer so
+    that the video needs no more than ``max_segments`` windows."""
+    return max(segment_seconds, duration / max_segments)
+
+
+def timeline_windows(segment_seconds: float, max_segments: int, frames_per_clip: int) -> ClipPlan:
+    """Consecutive windows of ``window_seconds`` covering the video (the
+    last one shorter), each a clip of ``frames_per_clip`` frames evenly
+    spaced inside it; a video shorter than one window is one window."""
+    def plan(info: VideoInfo) -> list[ClipSpec]:
+        fps, duration = info.fps or 1.0, info.duration
+        length = window_seconds(duration, segment_seconds, max_segments)
+        count = max(1, math.ceil(duration / length - 1e-9))
+        specs = []
+        for window in range(count):
+            start, end = window * length, min(duration, (window + 1) * length)
+            first = min(info.num_frames - 1, math.ceil(start * fps - 1e-6))
+            stop = max(first + 1, min(info.num_frames, math.ceil(end * fps - 1e-6)))
+            specs.append(ClipSpec([first + i for i in clip_frame_indices(stop - first, frames_per_clip)], start, end))
+        return specs
+
+    return plan
 
 
 class _Deadline:
@@ -157,9 +234,10 @@ def _check_frame_size(width: int, height: int, limits: DecodeLimits) -> None:
                           limits.max_frame_pixels, "max_frame_pixels")
 
 
-def _count_frames(source: VideoSource, limits: DecodeLimits, deadline: _Deadline) -> int:
-    """Video packets with a timestamp (what MMF counts as frames), checking
-    the declared frame size first and the count and time as it goes."""
+def _video_info(source: VideoSource, limits: DecodeLimits, deadline: _Deadline) -> VideoInfo:
+    """The video's frame count (its packets with a timestamp, what MMF counts)
+    and rate, checking the declared frame size first and the count and time
+    as it goes."""
     with _open(source) as container:
         stream = _video_stream(container)
         _check_frame_size(stream.codec_context.width, stream.codec_context.height, limits)
@@ -176,44 +254,50 @@ def _count_frames(source: VideoSource, limits: DecodeLimits, deadline: _Deadline
                     deadline.check()
         except av.FFmpegError as error:
             raise VideoDecodeError(f"the video is corrupted ({error})") from error
-        return count
+        return VideoInfo(count, float(stream.average_rate) if stream.average_rate else None)
 
 
 def count_video_frames(source: VideoSource, limits: DecodeLimits = UNBOUNDED) -> int:
     """Video packets with a timestamp: what MMF counts as the video's frames."""
     _check_declared_tables(source, limits)
-    return _count_frames(source, limits, _Deadline(limits))
+    return _video_info(source, limits, _Deadline(limits)).num_frames
 
 
-class _AudioCollector:
-    """Decoded audio as float32 (channels, samples), up to ``limit`` samples."""
+class _AudioSlices:
+    """Decoded audio as float32 (channels, samples): for each start sample,
+    the ``limit`` samples from there (None: all of them), kept as the audio
+    streams past, so memory does not grow with the audio's length."""
 
-    def __init__(self, stream: av.audio.stream.AudioStream | None, limit: int | None):
+    def __init__(self, stream: av.audio.stream.AudioStream | None, starts: list[int], limit: int | None):
         self.stream, self.limit = stream, limit
-        self.chunks: list[np.ndarray] = []
-        self.collected = 0
+        self.chunks: dict[int, list[np.ndarray]] = {start: [] for start in starts}
+        self.position = 0  # samples decoded so far
+        self.needed_until = None if limit is None else max(starts) + limit
         if stream is not None:
             self.resampler = av.AudioResampler(format="fltp", layout=stream.layout, rate=stream.rate)
 
     @property
     def done(self) -> bool:
-        return self.stream is None or (self.limit is not None and self.collected >= self.limit)
+        return self.stream is None or (self.needed_until is not None and self.position >= self.needed_until)
 
     def add(self, packet: av.Packet) -> None:
         for frame in packet.decode():
             for converted in self.resampler.resample(frame):
-                chunk = converted.to_ndarray().astype(np.float32, copy=False)
-                self.chunks.append(chunk)
-                self.collected += chunk.shape[1]
+                self._keep(converted.to_ndarray().astype(np.float32, copy=False))
 
-    def tensor(self) -> torch.Tensor:
-        if not self.chunks:
+    def _keep(self, chunk: np.ndarray) -> None:
+        first, last = self.position, self.position + chunk.shape[1]
+        for start, kept in self.chunks.items():
+            stop = last if self.limit is None else start + self.limit
+            if start < last and stop > first:
+                kept.append(chunk[:, max(start, first) - first: min(stop, last) - first])
+        self.position = last
+
+    def tensor(self, start: int) -> torch.Tensor:
+        if not self.chunks[start]:
             channels = self.stream.channels if self.stream is not None else 1
             return torch.zeros(channels, 0)
-        audio = np.concatenate(self.chunks, axis=1)
-        if self.limit is not None:
-            audio = audio[:, : self.limit]
-        return torch.from_numpy(np.ascontiguousarray(audio))
+        return torch.from_numpy(np.ascontiguousarray(np.concatenate(self.chunks[start], axis=1)))
 
 
 class _FrameKeeper:
@@ -253,19 +337,31 @@ def decode_clip(source: VideoSource, frames_per_clip: int = 16, max_audio_sample
     ``VideoDecodeError`` with an actionable message for anything that is not
     a decodable video, ``VideoLimitError`` for one over ``limits``.
     """
+    _, (clip,) = decode_clips(source, mmf_clip(frames_per_clip), max_audio_samples, limits, frame_transform)
+    return clip
+
+
+def decode_clips(source: VideoSource, plan: ClipPlan, max_audio_samples: int | None = None,
+                 limits: DecodeLimits = UNBOUNDED,
+                 frame_transform: FrameTransform | None = None) -> tuple[VideoInfo, list[DecodedClip]]:
+    """Decode every clip ``plan`` asks for (given the video's frame count and
+    rate) in one pass over the video: (the video's info, the clips in the
+    plan's order). Arguments and errors as ``decode_clip``."""
     deadline = _Deadline(limits)
     _check_declared_tables(source, limits)
-    num_frames = _count_frames(source, limits, deadline)
-    if num_frames == 0:
+    info = _video_info(source, limits, deadline)
+    if info.num_frames == 0:
         raise VideoDecodeError("the video stream has no frames")
-    wanted = clip_frame_indices(num_frames, frames_per_clip)
-    wanted_set, last_wanted = set(wanted), wanted[-1]
+    specs = plan(info)
+    wanted_set = {index for spec in specs for index in spec.frame_indices}
+    last_wanted = max(wanted_set)
     keeper = _FrameKeeper(frame_transform, limits)
     with _open(source) as container:
         stream = _video_stream(container)
         stream.thread_type = "AUTO"
         audio_stream = container.streams.audio[0] if container.streams.audio and max_audio_samples != 0 else None
-        audio = _AudioCollector(audio_stream, max_audio_samples)
+        rate = audio_stream.rate if audio_stream is not None else 0
+        audio = _AudioSlices(audio_stream, sorted({round(spec.start * rate) for spec in specs}), max_audio_samples)
         index, last_frame = 0, None
         streams = [stream] + ([audio_stream] if audio_stream is not None else [])
         try:
@@ -289,14 +385,13 @@ def decode_clip(source: VideoSource, frames_per_clip: int = 16, max_audio_sample
             raise VideoDecodeError("no video frame could be decoded")
         if len(keeper.kept) < len(wanted_set):
             # a damaged tail: the missing frames repeat the last decodable one
-            logger.warning("only %d of %d frames decoded; repeating the last one", index, num_frames)
+            logger.warning("only %d of %d frames decoded; repeating the last one", index, info.num_frames)
             tail = keeper.convert(last_frame)
             keeper.kept.update({i: tail for i in wanted_set - keeper.kept.keys()})
-        fps = float(stream.average_rate) if stream.average_rate else None
-        return DecodedClip(
-            video=torch.stack([keeper.kept[i] for i in wanted]),
-            audio=audio.tensor(),
-            audio_sample_rate=audio_stream.rate if audio_stream is not None else None,
-            num_video_frames=num_frames,
-            video_fps=fps,
-        )
+        clips = [DecodedClip(video=torch.stack([keeper.kept[i] for i in spec.frame_indices]),
+                             audio=audio.tensor(round(spec.start * rate)),
+                             audio_sample_rate=audio_stream.rate if audio_stream is not None else None,
+                             num_video_frames=info.num_frames, video_fps=info.fps, start=spec.start,
+                             end=spec.end)
+                 for spec in specs]
+        return info, clips
