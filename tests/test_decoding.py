@@ -10,10 +10,17 @@ import pytest
 import torch
 
 from minimmf.datasets.builders.charades.video_clips import (
+    MMFClip,
+    SpreadClips,
+    TimelineWindows,
+    Together,
     VideoDecodeError,
+    VideoInfo,
     clip_frame_indices,
     count_video_frames,
     decode_clip,
+    decode_clips,
+    window_seconds,
 )
 from tests.media import decode_all_audio, decode_all_frames, encode_video
 
@@ -132,20 +139,18 @@ def test_file_object_input(tmp_path):
 # ------------------------------------------------ several clips in one pass
 
 def test_one_spread_clip_is_mmfs_clip():
-    from minimmf.datasets.builders.charades.video_clips import VideoInfo, mmf_clip, spread_clips
 
     info = VideoInfo(num_frames=310, fps=30.0)
-    assert spread_clips(1, 16)(info) == mmf_clip(16)(info)
-    three = spread_clips(3, 4)(info)
+    assert SpreadClips(1, 16)(info) == MMFClip(16)(info)
+    three = SpreadClips(3, 4)(info)
     parts = [(0, 103), (103, 206), (206, 310)]  # three equal parts of 310 frames
     assert [clip.frame_indices for clip in three] == [[first + i for i in clip_frame_indices(end - first, 4)]
                                                       for first, end in parts]
 
 
 def test_timeline_windows_cover_the_video_in_order():
-    from minimmf.datasets.builders.charades.video_clips import VideoInfo, timeline_windows
 
-    windows = timeline_windows(2.0, 64, 4)(VideoInfo(num_frames=75, fps=10.0))  # 7.5 s
+    windows = TimelineWindows(2.0, 64, 4)(VideoInfo(num_frames=75, fps=10.0))  # 7.5 s
     assert [(w.start, w.end) for w in windows] == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, 7.5)]  # last shorter
     for window in windows:
         first, stop = round(window.start * 10), round(window.end * 10)
@@ -153,30 +158,24 @@ def test_timeline_windows_cover_the_video_in_order():
 
 
 def test_a_video_shorter_than_one_window_is_one_window():
-    from minimmf.datasets.builders.charades.video_clips import VideoInfo, timeline_windows
 
-    (window,) = timeline_windows(2.0, 64, 8)(VideoInfo(num_frames=3, fps=10.0))
+    (window,) = TimelineWindows(2.0, 64, 8)(VideoInfo(num_frames=3, fps=10.0))
     assert (window.start, window.end) == (0.0, pytest.approx(0.3)) and window.frame_indices == [0, 0, 1, 1, 1, 1, 2, 2]
 
 
 def test_max_segments_lengthens_the_windows():
-    from minimmf.datasets.builders.charades.video_clips import VideoInfo, timeline_windows, window_seconds
 
-    windows = timeline_windows(1.0, 10, 4)(VideoInfo(num_frames=300, fps=10.0))  # 30 s
+    windows = TimelineWindows(1.0, 10, 4)(VideoInfo(num_frames=300, fps=10.0))  # 30 s
     assert len(windows) == 10 and window_seconds(30.0, 1.0, 10) == 3.0
     assert [w.start for w in windows] == [3.0 * i for i in range(10)]
 
 
 def test_one_pass_gives_each_clip_its_frames_and_its_audio(tmp_path):
-    from minimmf.datasets.builders.charades.video_clips import decode_clips, mmf_clip, timeline_windows
 
     path = encode_video(tmp_path / "clip.mp4", frames=40, fps=10, audio_seconds=4.0)
     everything, sound = decode_all_frames(str(path)), decode_all_audio(str(path))
 
-    def plan(info):
-        return mmf_clip(16)(info) + timeline_windows(1.0, 64, 4)(info)
-
-    info, clips = decode_clips(path, plan, max_audio_samples=1000)
+    info, clips = decode_clips(path, Together((MMFClip(16), TimelineWindows(1.0, 64, 4))), max_audio_samples=1000)
     assert info.num_frames == 40 and info.fps == 10.0 and len(clips) == 5
     assert torch.equal(clips[0].video, torch.from_numpy(everything[clip_frame_indices(40, 16)]))
     for window, clip in enumerate(clips[1:]):

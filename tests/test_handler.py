@@ -388,13 +388,13 @@ def test_a_timeline_leaves_the_video_level_answer_as_it_was(served, test_videos)
 
 def test_each_window_is_the_model_on_that_window(served, test_videos):
     from minimmf.common.sample import SampleList
-    from minimmf.datasets.builders.charades.video_clips import timeline_windows
+    from minimmf.datasets.builders.charades.video_clips import TimelineWindows
 
     handler, context = served
     video, script = test_videos[1]
     (_, answer), = handle(handler, context, [form(video, script, segment_seconds=bytearray(b"1"))])
     maker = handler.predictor.sample_maker
-    clips = maker.decode_plan(video, timeline_windows(1.0, 64, maker.frames_per_clip))
+    clips = maker.decode_plan(video, TimelineWindows(1.0, 64, maker.frames_per_clip))
     with torch.inference_mode():
         expected = torch.sigmoid(handler.predictor.model(SampleList([maker.from_clip(c, script) for c in clips]))
                                  ["scores"])
@@ -437,14 +437,14 @@ def test_timeline_in_kserve_v2_and_from_the_setting(model_dir, test_videos):
 
 def test_several_clips_pool_into_the_video_level_answer(model_dir, test_videos):
     from minimmf.common.sample import SampleList
-    from minimmf.datasets.builders.charades.video_clips import spread_clips
+    from minimmf.datasets.builders.charades.video_clips import SpreadClips
 
     video, script = test_videos[2]
     for pooling in ("max", "mean"):
         handler, context = load_handler(model_dir, {"handler": {"clips": 3, "clip_pooling": pooling}})
         (_, answer), = handle(handler, context, [form(video, script)])
         maker = handler.predictor.sample_maker
-        clips = maker.decode_plan(video, spread_clips(3, maker.frames_per_clip))
+        clips = maker.decode_plan(video, SpreadClips(3, maker.frames_per_clip))
         with torch.inference_mode():
             rows = torch.sigmoid(handler.predictor.model(SampleList([maker.from_clip(c, script) for c in clips]))
                                  ["scores"])

@@ -22,8 +22,9 @@ from minimmf.datasets.builders.charades.dataset import CharadesSampleMaker
 from minimmf.datasets.builders.charades.video_clips import (
     ClipPlan,
     DecodeLimits,
-    spread_clips,
-    timeline_windows,
+    SpreadClips,
+    TimelineWindows,
+    Together,
     window_seconds,
 )
 from minimmf.datasets.processors.bert_processors import VOCAB_FILE_NAME
@@ -162,11 +163,11 @@ class Predictor:
         """What to decode from one video: the ``clips`` video-level clips and,
         with ``segment_seconds`` > 0, the timeline's windows; and how many of
         the plan's clips are video-level (they come first)."""
-        clips = spread_clips(self.settings.clips, self.frames_per_clip)
+        clips = SpreadClips(self.settings.clips, self.frames_per_clip)
         if segment_seconds <= 0:
             return clips, self.settings.clips
-        windows = timeline_windows(segment_seconds, self.settings.max_segments, self.frames_per_clip)
-        return (lambda info: clips(info) + windows(info)), self.settings.clips
+        windows = TimelineWindows(segment_seconds, self.settings.max_segments, self.frames_per_clip)
+        return Together((clips, windows)), self.settings.clips
 
     def samples(self, video: bytes, script: str, segment_seconds: float | None = None) -> RequestSamples:
         """Decode the video once and build every sample a request needs, as

@@ -18,12 +18,12 @@ from minimmf.datasets.builders.charades.video_clips import (
     ClipPlan,
     DecodedClip,
     DecodeLimits,
+    MMFClip,
+    SpreadClips,
+    TimelineWindows,
     VideoDecodeError,
     VideoSource,
     decode_clips,
-    mmf_clip,
-    spread_clips,
-    timeline_windows,
 )
 from minimmf.serving.answers import labels_above
 from minimmf.utils.build import build_processors
@@ -60,7 +60,7 @@ class CharadesSampleMaker:
 
     def decode(self, source: VideoSource) -> DecodedClip:
         """MMF's clip of the video."""
-        (clip,) = self.decode_plan(source, mmf_clip(self.frames_per_clip))
+        (clip,) = self.decode_plan(source, MMFClip(self.frames_per_clip))
         return clip
 
     def decode_plan(self, source: VideoSource, plan: ClipPlan) -> list[DecodedClip]:
@@ -131,8 +131,8 @@ class CharadesDataset(Dataset):
     def __getitem__(self, idx: int) -> Sample | list[Sample]:
         """The video's sample; in evaluation with ``eval_clips`` > 1, one per clip (the same id)."""
         if self.dataset_type == "train" or self.eval_clips == 1:
-            return self._samples(idx, mmf_clip(self.frames_per_clip))[0][0]
-        return self._samples(idx, spread_clips(self.eval_clips, self.frames_per_clip))[0]
+            return self._samples(idx, MMFClip(self.frames_per_clip))[0][0]
+        return self._samples(idx, SpreadClips(self.eval_clips, self.frames_per_clip))[0]
 
     def _samples(self, idx: int, plan: ClipPlan) -> tuple[list[Sample], list[DecodedClip]]:
         """The samples of the clips ``plan`` asks for, decoded in one pass, and the clips."""
@@ -155,7 +155,7 @@ class CharadesDataset(Dataset):
         ``segment_seconds``, ``max_segments``), its ``time_points`` equally spaced time points
         (point j at j/time_points of its length), the window each falls in, and the actions at each."""
         row = self.df.iloc[idx]
-        plan = timeline_windows(float(self.localization.get("segment_seconds", 1.0)),
+        plan = TimelineWindows(float(self.localization.get("segment_seconds", 1.0)),
                                 int(self.localization.get("max_segments", 64)), self.frames_per_clip)
         windows, clips = self._samples(idx, plan)
         spans = [(clip.start, clip.end) for clip in clips]

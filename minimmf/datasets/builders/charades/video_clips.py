@@ -10,8 +10,9 @@ maker resizes it to the model's input size there), so memory does not grow
 with the video's length or frame size. Audio is decoded only up to the
 number of samples the audio pipeline looks at.
 
-One pass can also serve several clips (``decode_clips`` with a plan): MMF's
-clip, N clips spread over the video, or one clip per window of a timeline
+One pass can also serve several clips (``decode_clips`` with a plan, a
+small frozen dataclass whose ``repr`` names it): MMF's clip, N clips spread
+over the video, one clip per window of a timeline, or those together
 (``ClipSpec``: its frames and where its audio starts). A frame several clips
 share is converted once; each clip's audio is the slice from its start.
 
@@ -120,24 +121,32 @@ def clip_frame_indices(num_frames: int, frames_per_clip: int) -> list[int]:
     return torch.round(torch.linspace(0, num_frames - 1, frames_per_clip)).long().tolist()
 
 
-def mmf_clip(frames_per_clip: int) -> ClipPlan:
+@dataclass(frozen=True)
+class MMFClip:
     """MMF's one clip: ``frames_per_clip`` frames spread over the whole video."""
-    return lambda info: [ClipSpec(clip_frame_indices(info.num_frames, frames_per_clip), 0.0, info.duration)]
+
+    frames_per_clip: int
+
+    def __call__(self, info: VideoInfo) -> list[ClipSpec]:
+        return [ClipSpec(clip_frame_indices(info.num_frames, self.frames_per_clip), 0.0, info.duration)]
 
 
-def spread_clips(clips: int, frames_per_clip: int) -> ClipPlan:
+@dataclass(frozen=True)
+class SpreadClips:
     """``clips`` clips over ``clips`` equal parts of the video, each spread
     over its part as MMF's clip is over the whole (``clips=1``: MMF's clip)."""
-    def plan(info: VideoInfo) -> list[ClipSpec]:
-        specs = []
-        for part in range(clips):
-            first = part * info.num_frames // clips
-            end = max(first + 1, (part + 1) * info.num_frames // clips)
-            indices = [first + i for i in clip_frame_indices(end - first, frames_per_clip)]
-            specs.append(ClipSpec(indices, first / (info.fps or 1.0), end / (info.fps or 1.0)))
-        return specs
 
-    return plan
+    clips: int
+    frames_per_clip: int
+
+    def __call__(self, info: VideoInfo) -> list[ClipSpec]:
+        fps, specs = info.fps or 1.0, []
+        for part in range(self.clips):
+            first = part * info.num_frames // self.clips
+            end = max(first + 1, (part + 1) * info.num_frames // self.clips)
+            indices = [first + i for i in clip_frame_indices(end - first, self.frames_per_clip)]
+            specs.append(ClipSpec(indices, first / fps, end / fps))
+        return specs
 
 
 def window_seconds(duration: float, segment_seconds: float, max_segments: int) -> float:
@@ -146,23 +155,37 @@ def window_seconds(duration: float, segment_seconds: float, max_segments: int) -
     return max(segment_seconds, duration / max_segments)
 
 
-def timeline_windows(segment_seconds: float, max_segments: int, frames_per_clip: int) -> ClipPlan:
-    """Consecutive windows of ``window_seconds`` covering the video (the
-    last one shorter), each a clip of ``frames_per_clip`` frames evenly
-    spaced inside it; a video shorter than one window is one window."""
-    def plan(info: VideoInfo) -> list[ClipSpec]:
+@dataclass(frozen=True)
+class TimelineWindows:
+    """Consecutive windows of ``window_seconds`` covering the video (the last
+    one shorter), each a clip of ``frames_per_clip`` frames evenly spaced
+    inside it; a video shorter than one window is one window."""
+
+    segment_seconds: float
+    max_segments: int
+    frames_per_clip: int
+
+    def __call__(self, info: VideoInfo) -> list[ClipSpec]:
         fps, duration = info.fps or 1.0, info.duration
-        length = window_seconds(duration, segment_seconds, max_segments)
-        count = max(1, math.ceil(duration / length - 1e-9))
+        length = window_seconds(duration, self.segment_seconds, self.max_segments)
         specs = []
-        for window in range(count):
+        for window in range(max(1, math.ceil(duration / length - 1e-9))):
             start, end = window * length, min(duration, (window + 1) * length)
             first = min(info.num_frames - 1, math.ceil(start * fps - 1e-6))
             stop = max(first + 1, min(info.num_frames, math.ceil(end * fps - 1e-6)))
-            specs.append(ClipSpec([first + i for i in clip_frame_indices(stop - first, frames_per_clip)], start, end))
+            specs.append(ClipSpec([first + i for i in clip_frame_indices(stop - first, self.frames_per_clip)],
+                                  start, end))
         return specs
 
-    return plan
+
+@dataclass(frozen=True)
+class Together:
+    """Several plans' clips, in order, from one pass."""
+
+    plans: tuple[ClipPlan, ...]
+
+    def __call__(self, info: VideoInfo) -> list[ClipSpec]:
+        return [spec for plan in self.plans for spec in plan(info)]
 
 
 class _Deadline:
@@ -337,7 +360,7 @@ def decode_clip(source: VideoSource, frames_per_clip: int = 16, max_audio_sample
     ``VideoDecodeError`` with an actionable message for anything that is not
     a decodable video, ``VideoLimitError`` for one over ``limits``.
     """
-    _, (clip,) = decode_clips(source, mmf_clip(frames_per_clip), max_audio_samples, limits, frame_transform)
+    _, (clip,) = decode_clips(source, MMFClip(frames_per_clip), max_audio_samples, limits, frame_transform)
     return clip
 
 
