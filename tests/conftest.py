@@ -36,6 +36,16 @@ def require(available: bool, what: str) -> None:
     pytest.skip(f"{what} is missing")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def mmf_cache_dir(tmp_path_factory) -> Path:
+    """env.cache_dir (MMF_CACHE_DIR) of every run the tests start, so that the
+    clip caches they fill (tiny.yaml turns cache_clips on) stay out of ./.cache."""
+    path = tmp_path_factory.mktemp("mmf_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MMF_CACHE_DIR", str(path))
+        yield path
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """../shared/data: real encoded videos made by other people."""

@@ -147,7 +147,8 @@ def acts_on_each_frame_alone(transform: Any) -> bool:
 class VideoTransforms(BaseProcessor):
     def __init__(self, config: Any, *args: Any, **kwargs: Any):
         super().__init__()
-        self.transforms = [build_video_transform(name, params) for name, params in transform_specs(config.transforms)]
+        self.specs = transform_specs(config.transforms)
+        self.transforms = [build_video_transform(name, params) for name, params in self.specs]
         self.transform = tv_transforms.Compose(self.transforms)
 
     def __call__(self, x: Any) -> Any:
@@ -162,9 +163,20 @@ class VideoTransforms(BaseProcessor):
         the frames concatenated along time give what the whole pipeline gives
         for the clip, without ever holding the full-size clip as floats. None
         when the pipeline does not start that way."""
-        if not self.transforms or not isinstance(self.transforms[0], PermuteAndRescale):
+        count = self._per_frame_count()
+        if count == 0:
             return None
+        return tv_transforms.Compose(self.transforms[:count]), tv_transforms.Compose(self.transforms[count:])
+
+    def per_frame_specs(self) -> list[tuple[str, Any]]:
+        """The (name, params) of the per-frame part's transforms (empty when the
+        pipeline does not split): what shapes its output, for a cache key."""
+        return self.specs[:self._per_frame_count()]
+
+    def _per_frame_count(self) -> int:
+        if not self.transforms or not isinstance(self.transforms[0], PermuteAndRescale):
+            return 0
         count = 1
         while count < len(self.transforms) and acts_on_each_frame_alone(self.transforms[count]):
             count += 1
-        return tv_transforms.Compose(self.transforms[:count]), tv_transforms.Compose(self.transforms[count:])
+        return count

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from torch.utils.data import Dataset
 
 from minimmf.common.sample import Sample
 from minimmf.datasets.builders.charades._utils import CharadesLayout, parse_action_intervals, read_classes_file
+from minimmf.datasets.builders.charades.clip_cache import ClipCache
 from minimmf.datasets.builders.charades.video_clips import (
     UNBOUNDED,
     ClipPlan,
@@ -54,6 +56,19 @@ class CharadesSampleMaker:
         split = getattr(self.video_processor, "split_per_frame", lambda: None)()
         self.per_frame, self.on_clip = split if split is not None else (None, self.video_processor)
 
+    def cache_fingerprint(self) -> dict[str, Any] | None:
+        """What, besides the video and the plan, fixes what ``decode_plan``
+        returns (for the clip cache's key): the per-frame transforms and the
+        audio samples read. None when that cannot be told (a video processor
+        that splits but does not say how)."""
+        if self.per_frame is None:
+            video = "raw uint8 frames"
+        elif hasattr(self.video_processor, "per_frame_specs"):
+            video = [[name, params] for name, params in self.video_processor.per_frame_specs()]
+        else:
+            return None
+        return {"frames": video, "audio_samples": self.audio_samples_needed}
+
     def _frame_to_tensor(self, frame: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> the per-frame part's (C, h, w) output."""
         return self.per_frame(torch.from_numpy(frame)[None])[:, 0]
@@ -91,6 +106,12 @@ class CharadesSampleMaker:
         return self.from_clip(self.decode(source), script)
 
 
+def default_clip_cache_dir() -> str:
+    """``${env.cache_dir}/charades_clips`` with env.cache_dir's default, for
+    configs that do not set ``clip_cache_dir``."""
+    return os.path.join(os.environ.get("MMF_CACHE_DIR", "./.cache/minimmf"), "charades_clips")
+
+
 class CharadesDataset(Dataset):
     dataset_name = "charades"
 
@@ -119,6 +140,25 @@ class CharadesDataset(Dataset):
             setattr(self, name, processor)
         self.processors = processors
         self.sample_maker = CharadesSampleMaker(processors, self.dataset_type, self.frames_per_clip)
+        self.clip_cache = self.build_clip_cache()
+
+    def build_clip_cache(self) -> ClipCache | None:
+        """The clip cache when ``cache_clips`` is on (None: decode every time, as MMF)."""
+        if not self.config.get("cache_clips", False):
+            return None
+        fingerprint = self.sample_maker.cache_fingerprint()
+        if fingerprint is None:
+            logger.warning("cache_clips: the %s video processor does not say what its per-frame part is; "
+                           "decoding every time", self.dataset_type)
+            return None
+        directory = self.config.get("clip_cache_dir", None) or default_clip_cache_dir()
+        return ClipCache(directory, fingerprint, str(self.config.get("clip_cache_dtype", "float32")))
+
+    def decode_plan(self, path: str, plan: ClipPlan, cached: bool = True) -> list[DecodedClip]:
+        """The clips of ``plan`` from the video: from the clip cache when it is on and ``cached``."""
+        if self.clip_cache is None or not cached:
+            return self.sample_maker.decode_plan(path, plan)
+        return self.clip_cache.clips(path, plan, lambda: self.sample_maker.decode_plan(path, plan))
 
     def __len__(self) -> int:
         return len(self.df)
@@ -134,11 +174,12 @@ class CharadesDataset(Dataset):
             return self._samples(idx, MMFClip(self.frames_per_clip))[0][0]
         return self._samples(idx, SpreadClips(self.eval_clips, self.frames_per_clip))[0]
 
-    def _samples(self, idx: int, plan: ClipPlan) -> tuple[list[Sample], list[DecodedClip]]:
-        """The samples of the clips ``plan`` asks for, decoded in one pass, and the clips."""
+    def _samples(self, idx: int, plan: ClipPlan, cached: bool = True) -> tuple[list[Sample], list[DecodedClip]]:
+        """The samples of the clips ``plan`` asks for, decoded in one pass (or
+        read from the clip cache), and the clips."""
         row = self.df.iloc[idx]
         try:
-            clips = self.sample_maker.decode_plan(row["path"], plan)
+            clips = self.decode_plan(row["path"], plan, cached)
         except VideoDecodeError as error:
             raise VideoDecodeError(f"{row['path']}: {error}") from error
         text = self.sample_maker.text_fields(row["script"])
@@ -157,7 +198,8 @@ class CharadesDataset(Dataset):
         row = self.df.iloc[idx]
         plan = TimelineWindows(float(self.localization.get("segment_seconds", 1.0)),
                                 int(self.localization.get("max_segments", 64)), self.frames_per_clip)
-        windows, clips = self._samples(idx, plan)
+        # not cached: an entry would hold a clip per window (tens of clips per video)
+        windows, clips = self._samples(idx, plan, cached=False)
         spans = [(clip.start, clip.end) for clip in clips]
         points = int(self.localization.get("time_points", 25))
         length = float(row["length"]) if str(row.get("length", "")).strip() else spans[-1][1]
