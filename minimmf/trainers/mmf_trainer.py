@@ -29,13 +29,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from minimmf.common import test_reporter
-from minimmf.common.registry import registry
 from minimmf.common.sample import SampleList
 from minimmf.datasets.builders.charades._utils import write_action_labels_csv
 from minimmf.modules.metrics import build_metrics
 from minimmf.serving.answers import pool_clips
 from minimmf.utils import distributed
-from minimmf.utils.build import build_model, build_optimizer, build_scheduler
+from minimmf.utils.build import build_dataset, build_model, build_optimizer, build_scheduler, dataloader_options
 from minimmf.utils.checkpoint import Checkpoint
 from minimmf.utils.config_checks import config_warnings, dataset_names, parse_run_type, splits_to_load
 from minimmf.utils.configuration import ConfigError
@@ -128,9 +127,9 @@ class MMFTrainer:
 
     def load_datasets(self) -> None:
         self.dataset_name = dataset_names(self.config)[0]
-        builder = registry.require("builder", self.dataset_name)()
         dataset_config = self.config.dataset_config[self.dataset_name]
-        self.datasets = {split: builder.load(dataset_config, split) for split in splits_to_load(self.run_types)}
+        self.datasets = {split: build_dataset(self.dataset_name, dataset_config, split)
+                         for split in splits_to_load(self.run_types)}
         for split, dataset in self.datasets.items():
             logger.info("%s split: %d videos", split, len(dataset))
             if len(dataset) == 0:
@@ -173,14 +172,10 @@ class MMFTrainer:
         dataset = self.datasets[split]
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=self.seed) \
             if distributed.is_dist_initialized() else None
-        workers = int(self.training_config.num_workers)
-        return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=shuffle and sampler is None,
-            sampler=sampler, num_workers=workers, collate_fn=BatchCollator(self.dataset_name, split),
-            pin_memory=self.device.type == "cuda" and bool(self.training_config.pin_memory),
-            persistent_workers=workers > 0 and bool(self.training_config.persistent_workers),
-            drop_last=False,
-        )
+        options = dataloader_options(self.config.dataset_config[self.dataset_name], self.training_config,
+                                     self.device)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                          collate_fn=BatchCollator(self.dataset_name, split), drop_last=False, **options)
 
     @property
     def unwrapped_model(self) -> torch.nn.Module:
@@ -250,7 +245,7 @@ class MMFTrainer:
         return self.model.no_sync()
 
     def run_training_batch(self, batch: SampleList, loss_divisor: int) -> tuple[dict[str, Tensor], Tensor]:
-        batch = batch.to(self.device)
+        batch = batch.to(self.device, non_blocking=True)
         with self.autocast():
             output = self.model(batch)
         losses = {key: value.mean() / loss_divisor for key, value in output["losses"].items()}
@@ -375,7 +370,7 @@ class MMFTrainer:
         scores, targets = [], []
         for batch in tqdm(self.dataloader(split, shuffle=False), desc=f"evaluating {split}", unit="batch",
                           disable=not (self.is_main and sys.stderr.isatty()), leave=False):
-            batch = batch.to(self.device)
+            batch = batch.to(self.device, non_blocking=True)
             with self.autocast():
                 output = model(batch)
             for key, value in output["losses"].items():
@@ -445,8 +440,9 @@ class MMFTrainer:
             windows, window_of, point_targets = dataset.timeline_item(idx)
             window_scores = []
             for first in range(0, len(windows), step):
+                batch = collate(windows[first:first + step]).to(self.device, non_blocking=True)
                 with self.autocast():
-                    window_scores.append(model(collate(windows[first:first + step]).to(self.device))["scores"].float())
+                    window_scores.append(model(batch)["scores"].float())
             scores.append(torch.cat(window_scores).cpu()[window_of])
             targets.append(point_targets)
         parts = distributed.all_gather_objects((torch.cat(scores), torch.cat(targets)))

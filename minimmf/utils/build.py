@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.utils.data import Dataset
 
 from minimmf.common.registry import registry
 from minimmf.common.sample import SampleList
@@ -52,6 +53,53 @@ def build_processors(processors_config: DictConfig, **extra: Any) -> dict[str, A
         name: Processor(processor_config, **extra)
         for name, processor_config in processors_config.items()
     }
+
+
+def build_dataset(dataset_key: str, config: Any = None, dataset_type: str = "train") -> Dataset:
+    """The ``dataset_type`` split (train, val or test) of the dataset
+    registered as ``dataset_key``, as MMF's ``build_dataset``: a Dataset whose
+    items are Samples, built without a trainer.
+
+    ``config`` is the dataset's config (``dataset_config.<key>``), or a node
+    holding it under ``dataset_key`` (``dataset_config``), or a complete run
+    config; without it, the dataset's defaults (with ``env`` from
+    minimmf's defaults and the ``MMF_*`` environment variables)."""
+    from minimmf.utils.configuration import build_config
+    from minimmf.utils.env import setup_imports
+
+    setup_imports()
+    builder = registry.require("builder", dataset_key)()
+    if not config:
+        config = build_config(overrides=[f"dataset={dataset_key}"]).dataset_config[dataset_key]
+    elif "dataset_config" in config:
+        config = config.dataset_config[dataset_key]
+    elif dataset_key in config:
+        config = config[dataset_key]
+    if not isinstance(config, DictConfig):
+        config = OmegaConf.create(config)
+    return builder.load(config, dataset_type)
+
+
+def dataloader_options(dataset_config: Any, training_config: Any, device: torch.device) -> dict[str, Any]:
+    """The DataLoader settings MMF reads (``build_dataloader_and_sampler``):
+    ``num_workers``, ``pin_memory`` and ``persistent_workers`` from the
+    dataset's config when it sets them, else from ``training``; plus
+    ``training.prefetch_factor`` (ours). Pinning only applies with a CUDA
+    device; persistent workers and prefetching only with workers."""
+    def setting(name: str, default: Any) -> Any:
+        value = dataset_config.get(name, None) if dataset_config is not None else None
+        return value if value is not None else training_config.get(name, default)
+
+    workers = int(setting("num_workers", 4))
+    options: dict[str, Any] = {
+        "num_workers": workers,
+        "pin_memory": device.type == "cuda" and bool(setting("pin_memory", False)),
+        "persistent_workers": workers > 0 and bool(setting("persistent_workers", True)),
+    }
+    prefetch = setting("prefetch_factor", None)
+    if workers > 0 and prefetch is not None:
+        options["prefetch_factor"] = int(prefetch)
+    return options
 
 
 def build_optimizer(model: nn.Module, config: DictConfig) -> Any:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from minimmf.common.test_reporter import REQUIRED_CANDIDATE_FIELDS
 from minimmf.datasets.builders.charades._utils import read_classes_file
+from minimmf.datasets.builders.charades.clip_cache import DTYPES as CLIP_CACHE_DTYPES
 from minimmf.modules.losses import loss_name
 from minimmf.modules.metrics import build_metrics
 from minimmf.utils import distributed
@@ -144,11 +145,29 @@ def _check_numbers(config: DictConfig) -> None:
     if max_epochs is not None and (isinstance(max_epochs, bool) or not isinstance(max_epochs, (int, float))
                                    or max_epochs <= 0):
         raise ConfigError(f"training.max_epochs={max_epochs!r}: expected null or a positive number")
+    prefetch = training.get("prefetch_factor", None)
+    if prefetch is not None and not _is_int(prefetch, 1):
+        raise ConfigError(f"training.prefetch_factor={prefetch!r}: expected null or an integer >= 1")
+    _check_clip_cache(config)
     if training.seed is not None and not _is_int(training.seed, -1):
         raise ConfigError(f"training.seed={training.seed!r}: expected an integer (-1 or null: pick one)")
     lr = _lookup(config, "optimizer.params.lr")
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
         raise ConfigError(f"optimizer.params.lr={lr!r}: expected a positive number")
+
+
+def _check_clip_cache(config: DictConfig) -> None:
+    for name in dataset_names(config):
+        dataset_config = config.dataset_config.get(name, None) or {}
+        prefix = f"dataset_config.{name}"
+        if not isinstance(dataset_config.get("cache_clips", False), bool):
+            raise ConfigError(f"{prefix}.cache_clips={dataset_config.cache_clips!r}: expected true or false")
+        dtype = dataset_config.get("clip_cache_dtype", "float32")
+        if dtype not in CLIP_CACHE_DTYPES:
+            raise ConfigError(f"{prefix}.clip_cache_dtype={dtype!r}: use float32 (exact) or uint8 (4x smaller, "
+                              "rounded to 1/255)")
+        if dataset_config.get("cache_clips", False) and not dataset_config.get("clip_cache_dir", None):
+            raise ConfigError(f"{prefix}.cache_clips=true needs {prefix}.clip_cache_dir (a folder)")
 
 
 def _check_choices(config: DictConfig) -> None:
