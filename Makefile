@@ -36,6 +36,7 @@ demo: install
 # benchmarks use the demo model and data (trained here first if missing).
 bench: install save/mmf_transformer_final.pth
 	$(BIN)/python bench/preprocess.py
+	$(BIN)/python bench/data_loading.py
 	$(BIN)/python bench/model_forward.py
 	$(BIN)/python bench/precision.py
 	$(BIN)/python bench/serving.py
