@@ -407,7 +407,7 @@ def test_the_trainer_builds_its_loaders_with_them(synthetic_data_dir, tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("training.prefetch_factor=0", "training.prefetch_factor=0"),
-    ("dataset_config.charades.clip_cache_dtype=float16", "use float32 (exact) or uint8"),
+    ("dataset_config.charades.clip_cache_dtype=float16", r"use float32 \(exact\) or uint8"),
     ("dataset_config.charades.cache_clips=maybe", "expected true or false"),
     ("dataset_config.charades.clip_cache_dir=''", "needs dataset_config.charades.clip_cache_dir"),
 ])
