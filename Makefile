@@ -54,4 +54,4 @@ constraints: install
 	$(BIN)/python -m pip freeze --exclude-editable | { sed -n '1,3p' constraints.txt; grep -v '^minimmf'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf $(VENV) save data logs .pytest_cache .ruff_cache key_file.json demo.mp4 response.txt
+	rm -rf $(VENV) save data logs .pytest_cache .ruff_cache key_file.json demo.mp4 response.txt .cache/minimmf/charades_clips
