@@ -45,3 +45,14 @@ def decode_all_audio(source) -> np.ndarray:
         chunks = [converted.to_ndarray() for frame in container.decode(audio=0)
                   for converted in resampler.resample(frame)]
     return np.concatenate(chunks, axis=1)
+
+
+def join_videos(first: Path, second: Path, path: Path) -> Path:
+    """``first`` then ``second`` (same frame size, rate and audio rate) as one
+    video, each one's sound cut to its frames' duration so that they stay in step."""
+    with av.open(str(first)) as container:
+        fps, rate = container.streams.video[0].average_rate, container.streams.audio[0].rate
+    frames = [decode_all_frames(str(video)) for video in (first, second)]
+    audio = [decode_all_audio(str(video))[:, : round(len(images) / fps * rate)]
+             for video, images in zip((first, second), frames, strict=True)]
+    return write_video(path, np.concatenate(frames), fps=fps, audio=np.concatenate(audio, axis=1), audio_rate=rate)
