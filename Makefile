@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@if [ ! -x $(BIN)/python ]; then \
 		python="$$(scripts/find_python.sh "$(PYTHON)")" || exit 1; \
 		echo "creating $(VENV) with $$python ($$($$python --version 2>&1))"; \
-		$$python -m venv $(VENV) || exit 1; \
+		$$python -m venv $(VENV) || { rm -rf $(VENV); exit 1; }; \
 	fi
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
