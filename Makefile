@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo bench constraints clean
+.PHONY: install test test-fast test-pythons lint demo bench constraints clean
 
 install: $(STAMP)
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@if [ ! -x $(BIN)/python ]; then \
 		python="$$(scripts/find_python.sh "$(PYTHON)")" || exit 1; \
 		echo "creating $(VENV) with $$python ($$($$python --version 2>&1))"; \
-		$$python -m venv $(VENV) || exit 1; \
+		$$python -m venv $(VENV) || { rm -rf $(VENV); exit 1; }; \
 	fi
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
@@ -27,6 +27,11 @@ test: install
 # Everything but the slow end-to-end tests, for quick iterations.
 test-fast: install
 	$(BIN)/python -m pytest tests -m "not slow"
+
+# `make test` in a fresh clone and .venv for each supported Python found here (python3.X on PATH,
+# pyenv's versions), then a table of install time and passed/failed/skipped. KEEP=1 keeps the clones.
+test-pythons:
+	scripts/test_pythons.sh
 
 # The main job: data -> training -> archive -> TorchServe -> requests -> stop.
 demo: install
