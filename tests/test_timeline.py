@@ -57,7 +57,7 @@ def test_two_joined_videos_get_a_timeline_that_follows_them(localizer, tmp_path)
     assert status == 200
     windows = answer["timeline"]
     assert [(w["start"], w["end"]) for w in windows] == [(0.5 * i, 0.5 * i + 0.5) for i in range(8)]
-    named = [(first_action in w["labels"], second_action in w["labels"]) for w in windows]
-    # early windows name the first video's action, late ones the second's (the two at the seam may mix)
-    assert named[:3] == [(True, False)] * 3 and named[-3:] == [(False, True)] * 3, (first_action, second_action,
-                                                                                     windows)
+    # each window's most probable action: the first video's early on, the second's late (the seam may mix)
+    named = [max(window["scores"], key=window["scores"].get) for window in windows]
+    assert named[:3] == [first_action] * 3 and named[-3:] == [second_action] * 3, windows
+    assert first_action in windows[0]["labels"] and second_action in windows[-1]["labels"]
