@@ -45,6 +45,8 @@ bench: install save/mmf_transformer_final.pth
 	$(BIN)/python bench/model_forward.py
 	$(BIN)/python bench/precision.py
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/timeline.py
+	$(BIN)/python bench/hostile.py
 	$(BIN)/python bench/soak.py
 
 save/mmf_transformer_final.pth:

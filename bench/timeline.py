@@ -21,7 +21,6 @@ and an example of request.py's timeline plot, bench/results/timeline_example.png
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import platform
@@ -42,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from bench.preprocess import make_video  # noqa: E402
 from bench.serving import full_size_model, has_demo_model  # noqa: E402
 from minimmf.common.sample import SampleList  # noqa: E402
-from minimmf.datasets.builders.charades._utils import parse_action_intervals  # noqa: E402
+from minimmf.datasets.builders.charades._utils import parse_action_intervals, takes_turns  # noqa: E402
 from minimmf.datasets.builders.charades.builder import CharadesBuilder  # noqa: E402
 from minimmf.modules.metrics import localization_map  # noqa: E402
 from minimmf.serving.predictor import Predictor  # noqa: E402
@@ -143,12 +142,6 @@ def repeated_answer_baseline(save_dir: Path, data_dir: Path) -> float:
         scores.append(video.expand(len(window_of), -1))
         targets.append(point_targets)
     return localization_map(torch.cat(scores), torch.cat(targets))
-
-
-def takes_turns(actions: list[tuple[str, float, float]]) -> bool:
-    """Two or more actions, one after the other."""
-    ordered = sorted(actions, key=lambda action: action[1])
-    return len(ordered) >= 2 and all(first[2] <= second[1] for first, second in itertools.pairwise(ordered))
 
 
 def example_plot(save_dir: Path, data_dir: Path) -> str:

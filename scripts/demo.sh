@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The end-to-end demo (make demo): synthetic Charades data -> mmf_run training
 # of the tiny config -> torch-model-archiver -> TorchServe (token auth on) ->
-# the reference's curl registration -> request.py on held-out videos, printed
-# beside their true labels -> TorchServe stopped. Exits non-zero on any failure.
+# registration -> request.py on held-out videos, printed beside their true
+# labels, and a timeline of one -> TorchServe stopped. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${BIN:-.venv/bin}"
@@ -34,3 +34,10 @@ while read -r video info; do
     "$BIN/python" request.py --video "$video" --info "$info" --output "$SAVE_DIR/demo_requests/$(basename "$video" .mp4).response.json" \
         | sed -e 's/^labels:/  predicted:/' -e 's/^expected:/  truth:    /'
 done < "$SAVE_DIR/demo_requests.txt"
+
+echo "--- when, not only what: a timeline of 0.5 s windows for a held-out video whose actions take turns"
+"$BIN/python" scripts/demo_requests.py --data-dir "$DATA_DIR" --count 1 --out "$SAVE_DIR/demo_requests" \
+    --taking-turns > "$SAVE_DIR/demo_timeline.txt"
+read -r video info < "$SAVE_DIR/demo_timeline.txt"
+"$BIN/python" request.py --video "$video" --info "$info" --segment-seconds 0.5 --plot "$SAVE_DIR/timeline.png" \
+    --output "$SAVE_DIR/demo_requests/timeline.response.json"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -166,3 +168,23 @@ def test_labels_reader_rejects_bad_files(tmp_path):
     empty.write_text(",action_labels\n0,[]\n")
     with pytest.raises(ValueError, match="lists no action labels"):
         read_action_labels(empty)
+
+
+def test_demo_requests_pick_held_out_videos(tmp_path):
+    """scripts/demo_requests.py, as make demo runs it: info.json files beside each held-out video."""
+    from minimmf.datasets.builders.charades._utils import parse_action_intervals, takes_turns
+
+    synthetic_data_dir = tmp_path / "data"
+    run_script("make_synthetic_charades.py", "--out", str(synthetic_data_dir), "--num-classes", "4", "--num-train", "4",
+               "--num-test", "6", "--duration", "1", "--width", "32", "--height", "32", "--localized-fraction", "1",
+               "--seed", "0", "--quiet")
+    listed = run_script("demo_requests.py", "--data-dir", str(synthetic_data_dir), "--count", "3", "--out",
+                        str(tmp_path / "all")).stdout.split()
+    assert len(listed) == 6 and all(Path(path).is_file() for path in listed)
+    info = json.loads(Path(listed[1]).read_text())
+    assert set(info) == {"script", "action_labels"} and info["action_labels"]
+    turns = run_script("demo_requests.py", "--data-dir", str(synthetic_data_dir), "--count", "1", "--out",
+                       str(tmp_path / "turns"), "--taking-turns").stdout.split()
+    layout = synthetic_layout(synthetic_data_dir)
+    row = layout.read_split("test").set_index("id").loc[Path(turns[0]).stem]
+    assert takes_turns(parse_action_intervals(row["actions"], read_classes_file(layout.classes_file)))

@@ -6,6 +6,7 @@ its annotations and the action-labels CSV. Decoding a clip is in
 from __future__ import annotations
 
 import ast
+import itertools
 import logging
 import os
 from collections.abc import Mapping
@@ -45,6 +46,12 @@ def parse_action_intervals(actions: object, id_to_name: dict[str, str]) -> list[
             class_id, start, end = item.split()
             intervals.append((id_to_name[class_id], float(start), float(end)))
     return intervals
+
+
+def takes_turns(intervals: list[tuple[str, float, float]]) -> bool:
+    """Two or more actions, one after the other (none overlapping)."""
+    ordered = sorted(intervals, key=lambda action: action[1])
+    return len(ordered) >= 2 and all(first[2] <= second[1] for first, second in itertools.pairwise(ordered))
 
 
 def parse_actions(actions: object, id_to_name: dict[str, str]) -> list[str]:

@@ -69,9 +69,9 @@ class CharadesSampleMaker:
             return None
         return {"frames": video, "audio_samples": self.audio_samples_needed}
 
-    def _frame_to_tensor(self, frame: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 -> the per-frame part's (C, h, w) output."""
-        return self.per_frame(torch.from_numpy(frame)[None])[:, 0]
+    def _frames_to_tensor(self, frames: np.ndarray) -> torch.Tensor:
+        """(T, H, W, 3) uint8 -> the per-frame part's (T, C, h, w) output."""
+        return self.per_frame(torch.from_numpy(frames)).permute(1, 0, 2, 3)
 
     def decode(self, source: VideoSource) -> DecodedClip:
         """MMF's clip of the video."""
@@ -80,7 +80,7 @@ class CharadesSampleMaker:
 
     def decode_plan(self, source: VideoSource, plan: ClipPlan) -> list[DecodedClip]:
         """Every clip ``plan`` asks for, in one decoding pass."""
-        frame_transform = self._frame_to_tensor if self.per_frame is not None else None
+        frame_transform = self._frames_to_tensor if self.per_frame is not None else None
         _, clips = decode_clips(source, plan, self.audio_samples_needed, self.limits, frame_transform)
         return clips
 

@@ -5,9 +5,9 @@ Clip selection follows MMF's ``CharadesVideoClips``: ``frames_per_clip``
 frames at indices ``round(linspace(0, n - 1, frames_per_clip))`` over the
 whole video, ``n`` being its number of video packets with a timestamp. The
 frames are decoded in order with FFmpeg's threading; only the kept ones are
-converted to RGB, each at once handed to ``frame_transform`` (the sample
-maker resizes it to the model's input size there), so memory does not grow
-with the video's length or frame size. Audio is decoded only up to the
+converted to RGB and handed, 16 at a time, to ``frame_transform`` (the
+sample maker resizes them to the model's input size there), so memory does
+not grow with the video's length or the number of clips. Audio is decoded only up to the
 number of samples the audio pipeline looks at.
 
 One pass can also serve several clips (``decode_clips`` with a plan, a
@@ -45,7 +45,9 @@ from minimmf.utils.mp4 import MalformedMp4Error, declared_samples, looks_like_mp
 logger = logging.getLogger(__name__)
 
 VideoSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
+# (T, H, W, 3) uint8 RGB frames -> a tensor of T transformed frames along its first dimension
 FrameTransform = Callable[[np.ndarray], torch.Tensor]
+TRANSFORM_BATCH = 16
 
 # FFmpeg demuxers for real video containers; anything else (playlists, concat
 # lists, images, raw streams, ...) is refused before it can open other files
@@ -324,13 +326,16 @@ class _AudioSlices:
 
 
 class _FrameKeeper:
-    """The kept frames, each converted to RGB at the first frame's size and
-    transformed as soon as it is decoded."""
+    """The kept frames: each converted to RGB at the first frame's size as it
+    is decoded, then transformed ``batch`` at a time. Batches keep the
+    full-size frames held at any time bounded, and keep torch's threads from
+    competing with FFmpeg's for the cores while the video decodes."""
 
-    def __init__(self, frame_transform: FrameTransform | None, limits: DecodeLimits):
+    def __init__(self, frame_transform: FrameTransform | None, limits: DecodeLimits, batch: int = TRANSFORM_BATCH):
         self.transform = frame_transform or torch.from_numpy
-        self.limits = limits
+        self.limits, self.batch = limits, batch
         self.size: tuple[int, int] | None = None
+        self.pending: dict[int, np.ndarray] = {}
         self.kept: dict[int, torch.Tensor] = {}
 
     def check(self, frame: av.VideoFrame) -> None:
@@ -338,16 +343,28 @@ class _FrameKeeper:
         if self.size is None:
             self.size = (frame.width, frame.height)
 
-    def convert(self, frame: av.VideoFrame) -> torch.Tensor:
+    def rgb(self, frame: av.VideoFrame) -> np.ndarray:
         width, height = self.size
         if (frame.width, frame.height) != self.size:
-            image = frame.to_ndarray(format="rgb24", width=width, height=height)
-        else:
-            image = frame.to_ndarray(format="rgb24")
-        return self.transform(image)
+            return frame.to_ndarray(format="rgb24", width=width, height=height)
+        return frame.to_ndarray(format="rgb24")
 
     def keep(self, index: int, frame: av.VideoFrame) -> None:
-        self.kept[index] = self.convert(frame)
+        self.pending[index] = self.rgb(frame)
+        if len(self.pending) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        """Transform the pending frames (as one (T, H, W, 3) stack)."""
+        if self.pending:
+            transformed = self.transform(np.stack(list(self.pending.values())))
+            self.kept.update(zip(self.pending, transformed, strict=True))
+            self.pending = {}
+
+    def fill(self, missing: set[int], frame: av.VideoFrame) -> None:
+        """Every index in ``missing`` gets ``frame`` (a damaged tail's last decodable frame)."""
+        tail = self.transform(self.rgb(frame)[None])[0]
+        self.kept.update({index: tail for index in missing})
 
 
 def decode_clip(source: VideoSource, frames_per_clip: int = 16, max_audio_samples: int | None = None,
@@ -355,8 +372,8 @@ def decode_clip(source: VideoSource, frames_per_clip: int = 16, max_audio_sample
     """Decode the clip MMF's Charades dataset takes from a video.
 
     ``source`` is a path, bytes or a binary file object. ``max_audio_samples``
-    bounds the audio decoded (None: all of it). ``frame_transform`` turns each
-    kept (H, W, 3) uint8 RGB frame into a tensor (default: as is). Raises
+    bounds the audio decoded (None: all of it). ``frame_transform`` turns kept
+    (T, H, W, 3) uint8 RGB frames into a tensor of T frames (default: as is). Raises
     ``VideoDecodeError`` with an actionable message for anything that is not
     a decodable video, ``VideoLimitError`` for one over ``limits``.
     """
@@ -404,13 +421,13 @@ def decode_clips(source: VideoSource, plan: ClipPlan, max_audio_samples: int | N
                     break
         except av.FFmpegError as error:
             raise VideoDecodeError(f"the video is corrupted after {index} frames ({error})") from error
+        keeper.flush()
         if not keeper.kept:
             raise VideoDecodeError("no video frame could be decoded")
         if len(keeper.kept) < len(wanted_set):
             # a damaged tail: the missing frames repeat the last decodable one
             logger.warning("only %d of %d frames decoded; repeating the last one", index, info.num_frames)
-            tail = keeper.convert(last_frame)
-            keeper.kept.update({i: tail for i in wanted_set - keeper.kept.keys()})
+            keeper.fill(wanted_set - keeper.kept.keys(), last_frame)
         clips = [DecodedClip(video=torch.stack([keeper.kept[i] for i in spec.frame_indices]),
                              audio=audio.tensor(round(spec.start * rate)),
                              audio_sample_rate=audio_stream.rate if audio_stream is not None else None,
