@@ -33,4 +33,6 @@ def video_normalize(vid: torch.Tensor, mean: Sequence[float], std: Sequence[floa
 
 def video_to_normalized_float_tensor(vid: torch.Tensor) -> torch.Tensor:
     """(T, H, W, C) uint8 -> (C, T, H, W) float32 in [0, 1]."""
-    return vid.permute(3, 0, 1, 2).to(torch.float32) / 255
+    # converting in memory order, then dividing in place, then permuting the view gives the same
+    # values in the same layout as permuting first, at half the cost
+    return vid.to(torch.float32).div_(255).permute(3, 0, 1, 2)
