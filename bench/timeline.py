@@ -162,9 +162,10 @@ def example_plot(save_dir: Path, data_dir: Path) -> str:
             info.write_text(json.dumps({"script": video.script, "action_labels": video.action_labels}))
             result = subprocess.run([sys.executable, str(ROOT / "request.py"), "--video", video.path, "--info",
                                      str(info), "--url", serve.url("inference"), "--key-file", str(serve.key_file),
-                                     "--segment-seconds", "0.5", "--plot", str(RESULTS / "timeline_example.png"),
-                                     "--output", str(RESULTS / "timeline_example.json")],
-                                    capture_output=True, text=True, check=True)
+                                     "--segment-seconds", "0.5",
+                                     "--plot", str(RESULTS.relative_to(ROOT) / "timeline_example.png"),
+                                     "--output", str(RESULTS.relative_to(ROOT) / "timeline_example.json")],
+                                    capture_output=True, text=True, check=True, cwd=ROOT)
         finally:
             serve.stop()
     return f"video {video.id}, actions {video.actions}\n{result.stdout}"
