@@ -58,7 +58,9 @@ lint: install
 
 # Re-pin constraints.txt to what .venv holds (after changing pyproject.toml and testing).
 constraints: install
-	$(BIN)/python -m pip freeze --exclude-editable | { sed -n '1,3p' constraints.txt; grep -v '^minimmf'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
+	$(BIN)/python -m pip list --format=freeze --exclude-editable \
+		| { sed -n '1,3p' constraints.txt; grep -vE '^(minimmf|pip|setuptools|wheel)=='; } > constraints.txt.new \
+		&& mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) save data logs .pytest_cache .ruff_cache key_file.json demo.mp4 response.txt .cache/minimmf/charades_clips
