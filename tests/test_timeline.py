@@ -1,6 +1,6 @@
 """The timeline of a model that has learnt something: two different videos
 joined end to end, through the handler. The model is the tiny config made
-smaller still (tests/configs/localizer.yaml), trained for 60 updates on a
+smaller still (tests/configs/localizer.yaml), trained for 240 updates on a
 synthetic set whose scripts name no action, so that it must look and listen."""
 
 from __future__ import annotations
@@ -57,7 +57,11 @@ def test_two_joined_videos_get_a_timeline_that_follows_them(localizer, tmp_path)
     assert status == 200
     windows = answer["timeline"]
     assert [(w["start"], w["end"]) for w in windows] == [(0.5 * i, 0.5 * i + 0.5) for i in range(8)]
-    # each window's most probable action: the first video's early on, the second's late (the seam may mix)
-    named = [max(window["scores"], key=window["scores"].get) for window in windows]
-    assert named[:3] == [first_action] * 3 and named[-3:] == [second_action] * 3, windows
-    assert first_action in windows[0]["labels"] and second_action in windows[-1]["labels"]
+    # Each action is found in its own video's windows, and scores clearly higher there than in the
+    # other video's (the seam may mix). Not top-1 per window: with scripts that name no action, the
+    # model may also give a co-occurring action a high score.
+    early, late = windows[:3], windows[-3:]
+    for action, own, other in ((first_action, early, late), (second_action, late, early)):
+        assert all(action in window["labels"] for window in own), (action, windows)
+        assert min(w["scores"][action] for w in own) > max(w["scores"].get(action, 0.0) for w in other) + 0.2, \
+            (action, windows)
