@@ -2,15 +2,17 @@
 
 A request is a multipart form, as in the pytorch/serve MMF example: ``data``
 (the video file), ``script`` (its script), optional ``labels`` (a JSON list)
-or ``info`` (an info.json instead of the last two); or a KServe v2 body with
-inputs of those names. The answer is a JSON object: the labels at or above
-the threshold, the class probabilities and, with labels sent, which were
-found. A bad request gets HTTP 400 ``{"code": 400, "error": "..."}`` alone;
-the rest of its batch is answered. Each request of a batch is handled on its
-own: a describe request (``GET /models/<name>?customized=true``) gets the
-model's description and an explanation request 501, beside the others'
-predictions (TorchServe's ``BaseHandler`` decides for the whole batch from
-its first request).
+or ``info`` (an info.json instead of the last two) and ``segment_seconds``
+(a timeline's window length); or a KServe v2 body with inputs of those
+names. The answer is a JSON object: the labels at or above the threshold,
+the class probabilities, with labels sent which were found, and with a
+timeline asked for, each window's labels and probabilities (``timeline``). A
+bad request gets HTTP 400 ``{"code": 400, "error": "..."}`` alone; the rest
+of its batch is answered. Each request of a batch is handled on its own: a
+describe request (``GET /models/<name>?customized=true``) gets the model's
+description and an explanation request 501, beside the others' predictions
+(TorchServe's ``BaseHandler`` decides for the whole batch from its first
+request).
 
 The work is done by ``minimmf.serving`` (settings, request parsing, the
 predictor, answers); this file is the TorchServe glue. The archive holds the
@@ -118,8 +120,8 @@ class MMFHandler(BaseHandler):
         answer = build_answer(video, predictor.classes, predictor.threshold, self.settings.top_k,
                               request.expected_labels)
         if rows.windows:
-            answer.update(build_timeline(probabilities[rows.windows.start:rows.windows.stop], rows.samples.spans,
-                                         rows.samples.window_seconds, predictor.classes, predictor.threshold,
+            answer.update(build_timeline(probabilities[rows.windows.start:rows.windows.stop], rows.spans,
+                                         rows.window_seconds, predictor.classes, predictor.threshold,
                                          self.settings.top_k))
         if request.v2_id is None:
             return answer

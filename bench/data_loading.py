@@ -42,8 +42,6 @@ sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "bench" / "results"
 DIRECT_CONFIG = ROOT / "projects/mmf_transformer/configs/charades/direct.yaml"
-CHARADES_COLUMNS = ["id", "subject", "scene", "quality", "relevance", "verified", "script", "objects",
-                    "descriptions", "actions", "length"]
 NUM_CLASSES = 157
 BATCH_SIZE = 4
 GOAL = 10.0  # warm samples/s at least GOAL x cold
@@ -52,7 +50,7 @@ GOAL = 10.0  # warm samples/s at least GOAL x cold
 def make_data(root: Path, videos: int, seconds: int) -> Path:
     """A Charades layout under ``root`` with ``videos`` training videos."""
     from bench.preprocess import make_video
-    from minimmf.datasets.builders.charades._utils import CharadesLayout
+    from minimmf.datasets.builders.charades._utils import CHARADES_CSV_COLUMNS, CharadesLayout
 
     source = make_video(seconds)
     layout = CharadesLayout.default(root)
@@ -72,7 +70,7 @@ def make_data(root: Path, videos: int, seconds: int) -> Path:
                      "actions": f"c{index % NUM_CLASSES:03d} 0.00 {seconds:.2f};c{(index * 7 + 3) % NUM_CLASSES:03d} "
                                 f"2.00 {seconds / 2:.2f}", "length": f"{seconds:.2f}"})
     with open(layout.annotations["train"][0], "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CHARADES_COLUMNS, restval="")
+        writer = csv.DictWriter(handle, fieldnames=CHARADES_CSV_COLUMNS, restval="")
         writer.writeheader()
         writer.writerows(rows)
     return source

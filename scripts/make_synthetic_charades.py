@@ -33,11 +33,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from minimmf.datasets.builders.charades._utils import CharadesLayout
+from minimmf.datasets.builders.charades._utils import CHARADES_CSV_COLUMNS, CharadesLayout
 from minimmf.utils.video_writer import write_video
 
-CSV_COLUMNS = ["id", "subject", "scene", "quality", "relevance", "verified", "script", "objects",
-               "descriptions", "actions", "length"]
 ACTION_NAMES = [
     "Holding a book", "Opening a door", "Drinking from a cup", "Sitting in a chair", "Watching television",
     "Someone is sneezing", "Putting on shoes", "Tidying up a shelf", "Washing a dish", "Closing a window",
@@ -171,7 +169,7 @@ def write_split(name: str, count: int, classes: list[ActionClass], layout: Chara
             "length": f"{args.duration:.2f}",
         })
     with open(annotations, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=CHARADES_CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
 

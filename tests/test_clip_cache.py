@@ -346,8 +346,7 @@ def test_dataloader_workers_filling_the_same_entry(synthetic_data_dir, tmp_path)
 
 
 def test_training_fills_the_cache(trained, mmf_cache_dir):
-    """tiny.yaml turns the cache on: the run cached its 12 training and 4 validation videos
-    (not the timeline windows)."""
+    """tiny.yaml turns the cache on: the run cached its 12 training and 4 validation videos."""
     config = OmegaConf.load(trained / "config.yaml")
     assert config.dataset_config.charades.cache_clips is True
     assert config.dataset_config.charades.clip_cache_dir == str(mmf_cache_dir / "charades_clips")

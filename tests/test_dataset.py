@@ -14,8 +14,10 @@ import torch
 from minimmf.common.sample import SampleList
 from minimmf.datasets.builders.charades._utils import (
     make_charades_df,
+    parse_action_intervals,
     read_action_labels,
     read_classes_file,
+    takes_turns,
 )
 from minimmf.datasets.builders.charades.builder import CharadesBuilder
 from minimmf.utils.configuration import build_config
@@ -172,8 +174,6 @@ def test_labels_reader_rejects_bad_files(tmp_path):
 
 def test_demo_requests_pick_held_out_videos(tmp_path):
     """scripts/demo_requests.py, as make demo runs it: info.json files beside each held-out video."""
-    from minimmf.datasets.builders.charades._utils import parse_action_intervals, takes_turns
-
     synthetic_data_dir = tmp_path / "data"
     run_script("make_synthetic_charades.py", "--out", str(synthetic_data_dir), "--num-classes", "4", "--num-train", "4",
                "--num-test", "6", "--duration", "1", "--width", "32", "--height", "32", "--localized-fraction", "1",

@@ -35,7 +35,7 @@ def localizer(tmp_path_factory):
 
 
 def single_action_videos(data) -> dict[str, str]:
-    """One held-out video per action among those that show a single action all along."""
+    """One held-out video per action among those that show a single action."""
     layout = synthetic_layout(data)
     names = read_classes_file(layout.classes_file)
     found: dict[str, str] = {}

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from minimmf.serving import kserve_v2
+from minimmf.serving.settings import CLIP_POOLINGS
 
 ANSWER_OUTPUT = "predictions"
 
@@ -24,6 +25,8 @@ def labels_above(probabilities: torch.Tensor, classes: Sequence[str], threshold:
 def pool_clips(probabilities: torch.Tensor, pooling: str) -> torch.Tensor:
     """One video's probabilities from its clips' (clips, classes): the clip's own
     for one clip, else their maximum (Charades' convention) or mean."""
+    if pooling not in CLIP_POOLINGS:
+        raise ValueError(f"clip pooling {pooling!r}: use {' or '.join(CLIP_POOLINGS)}")
     if len(probabilities) == 1:
         return probabilities[0]
     return probabilities.max(dim=0).values if pooling == "max" else probabilities.mean(dim=0)

@@ -25,7 +25,8 @@ class RequestRows:
     request: ParsedRequest
     clips: range  # its video-level clips, pooled into the video's answer
     windows: range  # its timeline's windows (empty when the timeline is off)
-    samples: RequestSamples
+    spans: list[tuple[float, float]]  # the seconds each window spans
+    window_seconds: float | None  # the window length the timeline used (None: no timeline)
 
 
 @dataclass
@@ -52,5 +53,5 @@ class PreparedBatch:
         first = len(self.samples)
         clips = range(first, first + len(samples.clips))
         windows = range(clips.stop, clips.stop + len(samples.windows))
-        self.rows[index] = RequestRows(request, clips, windows, samples)
+        self.rows[index] = RequestRows(request, clips, windows, samples.spans, samples.window_seconds)
         self.samples += samples.clips + samples.windows

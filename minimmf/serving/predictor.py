@@ -128,7 +128,7 @@ class RequestSamples:
 
 
 class Predictor:
-    """Video -> clip (``decode``); clip + script -> sample (``sample``);
+    """Video + script -> the request's samples (``samples``);
     samples -> probabilities (``predict``)."""
 
     def __init__(self, config: DictConfig, classes: list[str], state_dict: dict[str, Any], device: torch.device,
@@ -147,6 +147,7 @@ class Predictor:
                               setting_prefix="handler.")
         self.sample_maker = CharadesSampleMaker(build_processors(dataset_config.processors), "test",
                                                 self.frames_per_clip, limits)
+        self.video_clips = SpreadClips(settings.clips, self.frames_per_clip)
         default_threshold = float(dataset_config.get("prediction_threshold", 0.5))
         self.threshold = settings.threshold if settings.threshold is not None else default_threshold
 
@@ -159,33 +160,29 @@ class Predictor:
                    load_checkpoint_file(model_dir / serialized_file, map_location="cpu"), select_device(gpu_id),
                    settings)
 
-    def plan(self, segment_seconds: float) -> tuple[ClipPlan, int]:
-        """What to decode from one video: the ``clips`` video-level clips and,
-        with ``segment_seconds`` > 0, the timeline's windows; and how many of
-        the plan's clips are video-level (they come first)."""
-        clips = SpreadClips(self.settings.clips, self.frames_per_clip)
+    def plan(self, segment_seconds: float) -> ClipPlan:
+        """What to decode from one video: the ``clips`` video-level clips (first)
+        and, with ``segment_seconds`` > 0, the timeline's windows."""
         if segment_seconds <= 0:
-            return clips, self.settings.clips
+            return self.video_clips
         windows = TimelineWindows(segment_seconds, self.settings.max_segments, self.frames_per_clip)
-        return Together((clips, windows)), self.settings.clips
+        return Together((self.video_clips, windows))
 
     def samples(self, video: bytes, script: str, segment_seconds: float | None = None) -> RequestSamples:
         """Decode the video once and build every sample a request needs, as
         evaluation builds them: the video-level clips and the timeline's windows."""
         seconds = self.settings.segment_seconds if segment_seconds is None else segment_seconds
-        plan, video_clips = self.plan(seconds)
         started = time.perf_counter()
-        decoded = self.sample_maker.decode_plan(video, plan)
+        decoded = self.sample_maker.decode_plan(video, self.plan(seconds))
         decode_seconds = time.perf_counter() - started
         text = self.sample_maker.text_fields(script)
         samples = [self.sample_maker.from_clip(clip, script, text) for clip in decoded]
-        if len(decoded) == video_clips:
+        if seconds <= 0:
             return RequestSamples(samples, decode_seconds=decode_seconds)
-        windows = decoded[video_clips:]
-        duration = decoded[0].num_video_frames / (decoded[0].video_fps or 1.0)
-        return RequestSamples(samples[:video_clips], samples[video_clips:],
-                              [(clip.start, clip.end) for clip in windows],
-                              window_seconds(duration, seconds, self.settings.max_segments), decode_seconds)
+        clips = self.settings.clips
+        return RequestSamples(samples[:clips], samples[clips:], [(clip.start, clip.end) for clip in decoded[clips:]],
+                              window_seconds(decoded[0].video_duration, seconds, self.settings.max_segments),
+                              decode_seconds)
 
     def describe(self) -> dict[str, Any]:
         """The model in brief: its labels, threshold, device and the config's main sizes."""

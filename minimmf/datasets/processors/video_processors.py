@@ -159,8 +159,8 @@ class VideoTransforms(BaseProcessor):
     def split_per_frame(self) -> tuple[tv_transforms.Compose, tv_transforms.Compose] | None:
         """(per-frame part, rest) of the pipeline: its leading transforms that
         act on each frame alone, starting with ``permute_and_rescale``, and the
-        others. The first applied to each (1, H, W, 3) frame and the second to
-        the frames concatenated along time give what the whole pipeline gives
+        others. The first applied to (T, H, W, 3) runs of frames and the second
+        to the runs concatenated along time give what the whole pipeline gives
         for the clip, without ever holding the full-size clip as floats. None
         when the pipeline does not start that way."""
         count = self._per_frame_count()

@@ -21,6 +21,10 @@ from minimmf.utils.general import get_minimmf_root
 
 logger = logging.getLogger(__name__)
 
+# the columns of Charades' annotation files (Charades_v1_train.csv, Charades_v1_test.csv), in order
+CHARADES_CSV_COLUMNS = ["id", "subject", "scene", "quality", "relevance", "verified", "script", "objects",
+                        "descriptions", "actions", "length"]
+
 def read_classes_file(classes_file: str | os.PathLike) -> dict[str, str]:
     """``c000 Holding some clothes`` lines -> ``{"c000": "Holding some clothes"}``."""
     id_to_name = {}

@@ -36,6 +36,7 @@ normalisation).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -59,6 +60,7 @@ DTYPES = ("float32", "uint8")
 _CLIP_FIELDS = ("video", "audio", "audio_sample_rate", "num_video_frames", "video_fps", "start", "end")
 
 
+@functools.cache
 def library_versions() -> dict[str, str]:
     """The versions of what decodes, converts and resizes the frames."""
     import av

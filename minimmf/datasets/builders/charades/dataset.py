@@ -1,4 +1,5 @@
-"""The Charades dataset: one sample per video, with its 16-frame clip (or
+"""The Charades dataset: one sample per video (in evaluation with
+``eval_clips`` > 1, one per clip), with its 16-frame clip (or
 ``frames_per_clip``), its audio, its script and its multi-hot actions."""
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ class CharadesSampleMaker:
     turn inputs into model tensors.
 
     The video pipeline runs in two parts when it can (see
-    ``VideoTransforms.split_per_frame``): its per-frame part on each kept
-    frame as it is decoded, the rest on the clip. ``limits`` bound the
+    ``VideoTransforms.split_per_frame``): its per-frame part on the kept
+    frames a few at a time while the video is decoded, the rest on the clip. ``limits`` bound the
     decoding of untrusted videos."""
 
     def __init__(self, processors: dict[str, Any], dataset_type: str, frames_per_clip: int = 16,
@@ -132,6 +133,12 @@ class CharadesDataset(Dataset):
         self.eval_clips = int(config.get("eval_clips", 1))
         self.clip_pooling = str(config.get("clip_pooling", "max"))
         self.localization = config.get("localization", None) or {}
+        self.pooled = dataset_type != "train" and self.eval_clips > 1
+        self.item_plan = (SpreadClips(self.eval_clips, self.frames_per_clip) if self.pooled
+                          else MMFClip(self.frames_per_clip))
+        self.timeline_plan = TimelineWindows(float(self.localization.get("segment_seconds", 1.0)),
+                                             int(self.localization.get("max_segments", 64)), self.frames_per_clip)
+        self.time_points = int(self.localization.get("time_points", 25))
         self.init_processors()
 
     def init_processors(self) -> None:
@@ -170,9 +177,8 @@ class CharadesDataset(Dataset):
 
     def __getitem__(self, idx: int) -> Sample | list[Sample]:
         """The video's sample; in evaluation with ``eval_clips`` > 1, one per clip (the same id)."""
-        if self.dataset_type == "train" or self.eval_clips == 1:
-            return self._samples(idx, MMFClip(self.frames_per_clip))[0][0]
-        return self._samples(idx, SpreadClips(self.eval_clips, self.frames_per_clip))[0]
+        samples, _ = self._samples(idx, self.item_plan)
+        return samples if self.pooled else samples[0]
 
     def _samples(self, idx: int, plan: ClipPlan, cached: bool = True) -> tuple[list[Sample], list[DecodedClip]]:
         """The samples of the clips ``plan`` asks for, decoded in one pass (or
@@ -196,12 +202,10 @@ class CharadesDataset(Dataset):
         ``segment_seconds``, ``max_segments``), its ``time_points`` equally spaced time points
         (point j at j/time_points of its length), the window each falls in, and the actions at each."""
         row = self.df.iloc[idx]
-        plan = TimelineWindows(float(self.localization.get("segment_seconds", 1.0)),
-                                int(self.localization.get("max_segments", 64)), self.frames_per_clip)
         # not cached: an entry would hold a clip per window (tens of clips per video)
-        windows, clips = self._samples(idx, plan, cached=False)
+        windows, clips = self._samples(idx, self.timeline_plan, cached=False)
         spans = [(clip.start, clip.end) for clip in clips]
-        points = int(self.localization.get("time_points", 25))
+        points = self.time_points
         length = float(row["length"]) if str(row.get("length", "")).strip() else spans[-1][1]
         times = [j / points * length for j in range(points)]
         window_of = [next((w for w, (_, end) in enumerate(spans) if t < end), len(spans) - 1) for t in times]

@@ -93,6 +93,11 @@ class DecodedClip:
     start: float = 0.0  # the seconds of the video the clip spans
     end: float | None = None
 
+    @property
+    def video_duration(self) -> float:
+        """Seconds of the whole video, as ``VideoInfo.duration`` counts them."""
+        return VideoInfo(self.num_video_frames, self.video_fps).duration
+
 
 @dataclass(frozen=True)
 class VideoInfo:
