@@ -17,8 +17,11 @@ turns in distinct, non-overlapping intervals, square and tone present only
 during their action, so that *when* is learnable and measurable (the
 ``actions`` column gives the intervals, as in Charades). A
 ``--generic-script-fraction`` of the scripts name no action, so that a
-model must look and listen, not only read. Everything is deterministic
-given ``--seed``. ``<out>`` is what ``env.data_dir`` points at.
+model must look and listen, not only read. What is drawn and heard, the
+annotations and the scripts are deterministic given ``--seed``; the encoded
+frames are not quite (x264 decides a little differently from run to run,
+pixel values off by a few tens in some videos). ``<out>`` is what
+``env.data_dir`` points at.
 """
 
 from __future__ import annotations

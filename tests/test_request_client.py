@@ -1,8 +1,8 @@
 """request.py, the client: its exit codes and messages for every local
 mistake (no server needed), for a server it cannot reach, and against a real
 TorchServe with token authorization on (answers, server errors, a wrong key,
-a key rotated with TorchServe's token API, the v2 JSON protocol); and its
-codec for the KServe v2 binary tensor extension."""
+a key rotated with TorchServe's token API, the v2 protocols, the timeline
+printed and plotted); and its codec for the KServe v2 binary tensor extension."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 
 from minimmf.serving.torchserve import TorchServe, archive_model, free_port
 from tests.conftest import ROOT
@@ -170,6 +171,39 @@ def test_every_protocol_gives_the_same_answer(server, clip, tmp_path):
         assert answers[protocol]["labels"] == answers["multipart"]["labels"]
         assert answers[protocol]["expected_labels"] == answers["multipart"]["expected_labels"] == ["Holding a book"]
         assert answers[protocol]["scores"] == pytest.approx(answers["multipart"]["scores"], abs=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["multipart", "v2-binary"])
+def test_the_timeline_is_printed_and_plotted(server, clip, tmp_path, protocol):
+    """The README's timeline request: --segment-seconds prints each window, --plot draws them."""
+    output, plot = tmp_path / "response.txt", tmp_path / "timeline.png"
+    result = request_to(server, *clip, output, "--protocol", protocol, "--key-file", str(server.key_file),
+                        "--segment-seconds", "0.5", "--plot", str(plot))
+    assert result.returncode == OK, result.stderr
+    answer = json.loads(output.read_text())
+    windows = answer["timeline"]
+    assert answer["segment_seconds"] == 0.5 and len(windows) >= 2
+    printed = result.stdout.splitlines()
+    first = printed.index("timeline (0.5 s windows):") + 1
+    assert len(printed[first:first + len(windows)]) == len(windows)
+    for line, window in zip(printed[first:], windows, strict=False):
+        assert line.split() == [f"{window['start']:.2f}", "-", f"{window['end']:.2f}", "s",
+                                *(", ".join(window["labels"]) or "-").split()]
+    assert f"timeline plot: {plot}" in printed
+    with Image.open(plot) as image:
+        assert image.format == "PNG" and image.width >= 600
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or []) > 50  # drawn, not blank
+
+
+@pytest.mark.slow
+def test_a_plot_needs_a_timeline(server, clip, tmp_path):
+    output = tmp_path / "response.txt"
+    result = request_to(server, *clip, output, "--key-file", str(server.key_file), "--plot",
+                        str(tmp_path / "timeline.png"))
+    assert_fails(result, INPUT_ERROR, "no timeline to plot", "pass --segment-seconds")
+    assert "labels" in json.loads(output.read_text())  # the answer is kept all the same
+    assert not (tmp_path / "timeline.png").exists()
 
 
 @pytest.mark.slow

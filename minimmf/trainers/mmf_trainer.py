@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from minimmf.common import test_reporter
@@ -58,6 +58,30 @@ class BatchCollator:
         batch = SampleList(samples)
         batch.dataset_name, batch.dataset_type = self.dataset_name, self.dataset_type
         return batch
+
+
+class TimelineBatches(Dataset):
+    """The videos ``indices`` of a Charades dataset as their timelines
+    (``timeline_item``), the windows already collated into model batches of
+    ``batch_size``: for a DataLoader whose workers decode the next videos
+    while the model scores this one."""
+
+    def __init__(self, dataset: Any, indices: Iterable[int], collate: BatchCollator, batch_size: int):
+        self.dataset, self.indices, self.collate, self.batch_size = dataset, list(indices), collate, batch_size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[list[SampleList], list[int], Tensor]:
+        windows, window_of, point_targets = self.dataset.timeline_item(self.indices[position])
+        batches = [self.collate(windows[first:first + self.batch_size])
+                   for first in range(0, len(windows), self.batch_size)]
+        return batches, window_of, point_targets
+
+
+def as_it_is(item: Any) -> Any:
+    """The collate function of a DataLoader with ``batch_size=None`` whose items are ready."""
+    return item
 
 
 class MMFTrainer:
@@ -428,21 +452,23 @@ class MMFTrainer:
     @torch.inference_mode()
     def time_point_loop(self, split: str) -> tuple[Tensor, Tensor]:
         """(time points, classes) scores and targets of every video of ``split``,
-        each process taking its share of the videos."""
+        each process taking its share of the videos, decoded by the split's
+        DataLoader settings (``num_workers``, ...)."""
         dataset, model = self.datasets[split], self.unwrapped_model
         model.eval()
-        collate = BatchCollator(self.dataset_name, split)
-        step = self.batch_size
-        scores, targets = [], []
         mine = range(distributed.get_rank(), len(dataset), distributed.get_world_size())
-        for idx in tqdm(mine, desc=f"timelines of {split}", unit="video", leave=False,
-                        disable=not (self.is_main and sys.stderr.isatty())):
-            windows, window_of, point_targets = dataset.timeline_item(idx)
+        options = dataloader_options(self.config.dataset_config[self.dataset_name], self.training_config,
+                                     self.device)
+        # one pass: no workers kept for later
+        loader = DataLoader(TimelineBatches(dataset, mine, BatchCollator(self.dataset_name, split), self.batch_size),
+                            batch_size=None, collate_fn=as_it_is, **{**options, "persistent_workers": False})
+        scores, targets = [], []
+        for batches, window_of, point_targets in tqdm(loader, desc=f"timelines of {split}", unit="video",
+                                                      leave=False, disable=not (self.is_main and sys.stderr.isatty())):
             window_scores = []
-            for first in range(0, len(windows), step):
-                batch = collate(windows[first:first + step]).to(self.device, non_blocking=True)
+            for batch in batches:
                 with self.autocast():
-                    window_scores.append(model(batch)["scores"].float())
+                    window_scores.append(model(batch.to(self.device, non_blocking=True))["scores"].float())
             scores.append(torch.cat(window_scores).cpu()[window_of])
             targets.append(point_targets)
         parts = distributed.all_gather_objects((torch.cat(scores), torch.cat(targets)))
