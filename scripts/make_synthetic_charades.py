@@ -19,8 +19,9 @@ during their action, so that *when* is learnable and measurable (the
 ``--generic-script-fraction`` of the scripts name no action, so that a
 model must look and listen, not only read. What is drawn and heard, the
 annotations and the scripts are deterministic given ``--seed``; the encoded
-frames are not quite (x264 decides a little differently from run to run,
-pixel values off by a few tens in some videos). ``<out>`` is what
+frames are not quite: from the same frames, libx264 (through PyAV) encodes
+some videos a little differently from one process to the next, decoded
+pixels off by up to a few tens. ``<out>`` is what
 ``env.data_dir`` points at.
 """
 
