@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 CHARADES_CSV_COLUMNS = ["id", "subject", "scene", "quality", "relevance", "verified", "script", "objects",
                         "descriptions", "actions", "length"]
 
+
 def read_classes_file(classes_file: str | os.PathLike) -> dict[str, str]:
     """``c000 Holding some clothes`` lines -> ``{"c000": "Holding some clothes"}``."""
     id_to_name = {}
