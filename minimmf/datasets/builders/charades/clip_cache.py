@@ -41,7 +41,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -51,6 +50,7 @@ import numpy as np
 import torch
 
 from minimmf.datasets.builders.charades.video_clips import ClipPlan, DecodedClip, VideoSource
+from minimmf.utils.file_io import atomic_save
 
 logger = logging.getLogger(__name__)
 
@@ -183,15 +183,10 @@ class ClipCache:
                 "video": _own_storage(video)})
         entry = {"key": key, "quantized": quantized, "clips": stored,
                  "checksums": [(tensor_crc(c["video"]), tensor_crc(c["audio"])) for c in stored]}
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            try:
-                with open(temporary, "xb") as handle:
-                    torch.save(entry, handle)
-                os.replace(temporary, path)
-            finally:
-                temporary.unlink(missing_ok=True)
+            # no fsync: an entry lost to a power cut is decoded again, and a torn one fails its CRC
+            atomic_save(entry, path, fsync=False)
         except OSError as error:
             if not self.write_failed:
                 logger.warning("clip cache: cannot write in %s (%s); decoding the videos without caching them",
