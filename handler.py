@@ -33,7 +33,8 @@ import transformers
 from ts.torch_handler.base_handler import BaseHandler
 
 import minimmf
-from minimmf.serving.answers import build_answer, build_timeline, pool_clips, v2_binary_response, v2_response
+from minimmf.modules.predictions import pool_clip_probabilities
+from minimmf.serving.answers import build_answer, build_timeline, v2_binary_response, v2_response
 from minimmf.serving.batch import PreparedBatch
 from minimmf.serving.inputs import parse_request
 from minimmf.serving.kserve_v2 import HEADER_LENGTH
@@ -116,7 +117,7 @@ class MMFHandler(BaseHandler):
     def _answer(self, index: int, batch: PreparedBatch, probabilities: torch.Tensor) -> dict[str, Any] | bytes:
         rows = batch.rows[index]
         request, predictor = rows.request, self.predictor
-        video = pool_clips(probabilities[rows.clips.start:rows.clips.stop], self.settings.clip_pooling)
+        video = pool_clip_probabilities(probabilities[rows.clips.start:rows.clips.stop], self.settings.clip_pooling)
         answer = build_answer(video, predictor.classes, predictor.threshold, self.settings.top_k,
                               request.expected_labels)
         if rows.windows:

@@ -40,7 +40,7 @@ from typing import Any
 import requests
 
 from minimmf.serving import kserve_v2
-from minimmf.serving.answers import ANSWER_OUTPUT
+from minimmf.serving.kserve_v2 import ANSWER_OUTPUT
 
 EXIT_OK, EXIT_SERVER_ERROR, EXIT_INPUT_ERROR, EXIT_CANNOT_CONNECT = 0, 1, 2, 3
 PROTOCOLS = ("multipart", "v2-json", "v2-binary")

@@ -50,7 +50,7 @@ GOAL = 10.0  # warm samples/s at least GOAL x cold
 def make_data(root: Path, videos: int, seconds: int) -> Path:
     """A Charades layout under ``root`` with ``videos`` training videos."""
     from bench.preprocess import make_video
-    from minimmf.datasets.builders.charades._utils import CHARADES_CSV_COLUMNS, CharadesLayout
+    from minimmf.datasets.builders.charades.layout import CHARADES_CSV_COLUMNS, CharadesLayout
 
     source = make_video(seconds)
     layout = CharadesLayout.default(root)

@@ -30,7 +30,7 @@ MODES = ("bounded", "unbounded")
 
 
 def make_inputs(folder: Path) -> dict[str, Path]:
-    from minimmf.serving import hostile_inputs
+    from devtools import hostile_inputs
 
     return {
         "4096x4096 frame (mp4)": hostile_inputs.huge_frame_video(folder / "huge.mp4"),
@@ -45,7 +45,7 @@ def run_worker(mode: str, video: Path) -> dict:
     import yaml
 
     from minimmf.datasets.builders.charades.dataset import CharadesSampleMaker
-    from minimmf.datasets.builders.charades.video_clips import UNBOUNDED, DecodeLimits, VideoDecodeError, decode_clip
+    from minimmf.datasets.video_clips import UNBOUNDED, DecodeLimits, VideoDecodeError, decode_clip
     from minimmf.serving.settings import HandlerSettings
     from minimmf.utils.build import build_processors
     from minimmf.utils.configuration import build_config

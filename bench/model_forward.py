@@ -61,8 +61,9 @@ def machine_gflops(repeats: int) -> dict[str, float]:
 
 
 def bench_model(name: str, batch_sizes: list[int], repeats: int) -> list[dict]:
+    from devtools.samples import random_sample_list
     from minimmf.serving.predictor import use_channels_last
-    from minimmf.utils.build import build_model, random_sample_list
+    from minimmf.utils.build import build_model
     from minimmf.utils.configuration import build_config
 
     config_path, frames, crop, audio = CONFIGS[name]

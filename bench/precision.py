@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.serving import full_size_model, has_demo_model  # noqa: E402
 from minimmf.common.sample import SampleList  # noqa: E402
-from minimmf.datasets.builders.charades._utils import CharadesLayout  # noqa: E402
 from minimmf.datasets.builders.charades.dataset import CharadesSampleMaker  # noqa: E402
+from minimmf.datasets.builders.charades.layout import CharadesLayout  # noqa: E402
 from minimmf.serving.predictor import autocast_for, quantize_bert, use_channels_last  # noqa: E402
 from minimmf.utils.build import build_model, build_processors  # noqa: E402
 from minimmf.utils.checkpoint import load_checkpoint_file  # noqa: E402

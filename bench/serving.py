@@ -30,11 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.preprocess import make_video  # noqa: E402
-from minimmf.datasets.builders.charades._utils import CharadesLayout  # noqa: E402
+from devtools.worker import handle, load_handler  # noqa: E402
+from minimmf.datasets.builders.charades.layout import CharadesLayout  # noqa: E402
 from minimmf.serving import kserve_v2  # noqa: E402
-from minimmf.serving.answers import ANSWER_OUTPUT  # noqa: E402
+from minimmf.serving.kserve_v2 import ANSWER_OUTPUT  # noqa: E402
 from minimmf.serving.torchserve import TorchServe, archive_model, default_labels  # noqa: E402
-from minimmf.serving.worker import handle, load_handler  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 CACHE = ROOT / "bench" / ".cache"

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.serving import demo_requests  # noqa: E402
-from minimmf.serving.hostile_inputs import gray_frames, hostile_requests  # noqa: E402
+from devtools.hostile_inputs import gray_frames, hostile_requests  # noqa: E402
 from minimmf.serving.torchserve import TorchServe, archive_model, default_labels  # noqa: E402
 from minimmf.utils.video_writer import tone, write_video  # noqa: E402
 

@@ -41,8 +41,8 @@ sys.path.insert(0, str(ROOT))
 from bench.preprocess import make_video  # noqa: E402
 from bench.serving import has_demo_model  # noqa: E402
 from minimmf.common.sample import SampleList  # noqa: E402
-from minimmf.datasets.builders.charades._utils import parse_action_intervals, takes_turns  # noqa: E402
 from minimmf.datasets.builders.charades.builder import CharadesBuilder  # noqa: E402
+from minimmf.datasets.builders.charades.layout import parse_action_intervals, takes_turns  # noqa: E402
 from minimmf.modules.metrics import localization_map  # noqa: E402
 from minimmf.serving.predictor import Predictor  # noqa: E402
 from minimmf.serving.settings import HandlerSettings  # noqa: E402

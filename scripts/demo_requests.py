@@ -19,7 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from minimmf.datasets.builders.charades._utils import (
+from minimmf.datasets.builders.charades.layout import (
     CharadesLayout,
     parse_action_intervals,
     read_classes_file,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from minimmf.datasets.builders.charades._utils import (
+from minimmf.datasets.builders.charades.layout import (
     CharadesLayout,
     make_charades_df,
     read_action_labels,

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from minimmf.datasets.builders.charades._utils import CHARADES_CSV_COLUMNS, CharadesLayout
+from minimmf.datasets.builders.charades.layout import CHARADES_CSV_COLUMNS, CharadesLayout
 from minimmf.utils.video_writer import write_video
 
 ACTION_NAMES = [

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from devtools.samples import random_sample_list
 from minimmf.common.sample import SampleList
-from minimmf.datasets.builders.charades._utils import CharadesLayout
+from minimmf.datasets.builders.charades.layout import CharadesLayout
 from minimmf.models.mmf_transformer import MMFTransformer
-from minimmf.utils.build import random_sample_list
 from minimmf.utils.configuration import build_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,6 +158,35 @@ def trained(synthetic_data_dir, tmp_path_factory) -> Path:
     save_dir = tmp_path_factory.mktemp("save")
     run(run_args(synthetic_data_dir, save_dir))
     return save_dir
+
+
+SMALL_MODEL_CLASSES = [f"Action {index}" for index in range(SYNTHETIC_CLASSES)]
+
+
+@pytest.fixture(scope="session")
+def small_model_dir(tmp_path_factory) -> Path:
+    """A served model's folder made without training, as an extracted archive
+    holds it: the tiny config's model with its initial weights, its config,
+    a class list, the vocabulary and the run manifest (for fast tests of
+    serving's plumbing; the answers of untrained weights mean nothing)."""
+    import pandas as pd
+
+    from minimmf.datasets.builders.charades.layout import write_action_labels_csv
+    from minimmf.utils.build import build_model, build_processors
+    from minimmf.utils.manifest import RunManifest
+
+    folder = tmp_path_factory.mktemp("small_model")
+    config = build_config(TINY_CONFIG, ["model=mmf_transformer", "dataset=charades"])
+    OmegaConf.save(config, folder / "config.yaml")
+    torch.manual_seed(0)
+    torch.save(build_model(config).state_dict(), folder / "mmf_transformer_final.pth")
+    labels = folder / "charades_action_labels.csv"
+    write_action_labels_csv(pd.DataFrame({"action_labels": [[name] for name in SMALL_MODEL_CLASSES]}), labels)
+    vocabulary = build_processors(config.dataset_config.charades.processors)["text_processor"].save_vocabulary(folder)
+    files = {"weights": folder / "mmf_transformer_final.pth", "config": folder / "config.yaml", "labels": labels,
+             "vocabulary": vocabulary}
+    RunManifest.of_files("small", "mmf_transformer", "charades", files).write(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

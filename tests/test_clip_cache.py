@@ -18,10 +18,10 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from minimmf.common.sample import Sample
-from minimmf.datasets.builders.charades.video_clips import MMFClip
+from minimmf.datasets.video_clips import MMFClip
+from minimmf.trainers.config_checks import check_config
 from minimmf.trainers.mmf_trainer import MMFTrainer
 from minimmf.utils.build import build_dataset, dataloader_options
-from minimmf.utils.config_checks import check_config
 from minimmf.utils.configuration import ConfigError, build_config
 from tests.conftest import TINY_CONFIG
 
@@ -116,19 +116,19 @@ def test_entry_holds_what_the_decoder_returned(synthetic_data_dir, tmp_path):
 # ------------------------------------------------- same samples with and without
 
 
-@pytest.mark.parametrize("eval_clips", [1, 3])
-def test_eval_samples_are_bit_identical(synthetic_data_dir, tmp_path, eval_clips):
-    overrides = [f"dataset_config.charades.eval_clips={eval_clips}"]
+@pytest.mark.parametrize("clips", [1, 3])
+def test_eval_samples_are_bit_identical(synthetic_data_dir, tmp_path, clips):
+    overrides = [f"dataset_config.charades.clips={clips}"]
     plain = make_dataset(synthetic_data_dir, tmp_path / "unused", "test", *overrides, cache=False)
     cached = make_dataset(synthetic_data_dir, tmp_path / "cache", "test", *overrides)
     for index in range(len(plain)):
         expected = plain[index]
         for _ in ("cold", "warm"):
             got = cached[index]
-            if eval_clips == 1:
+            if clips == 1:
                 assert_same_sample(got, expected)
             else:
-                assert len(got) == len(expected) == eval_clips
+                assert len(got) == len(expected) == clips
                 for one, other in zip(got, expected, strict=True):
                     assert_same_sample(one, other)
     assert len(entries(tmp_path / "cache")) == len(plain)

@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from minimmf.common.sample import SampleList
-from minimmf.datasets.builders.charades._utils import (
+from minimmf.datasets.builders.charades.builder import CharadesBuilder
+from minimmf.datasets.builders.charades.layout import (
     make_charades_df,
     parse_action_intervals,
     read_action_labels,
     read_classes_file,
     takes_turns,
 )
-from minimmf.datasets.builders.charades.builder import CharadesBuilder
 from minimmf.utils.configuration import build_config
 from tests.conftest import ROOT, SYNTHETIC_CLASSES, TINY_CONFIG, run_script, synthetic_layout
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from minimmf.datasets.builders.charades.video_clips import (
+from minimmf.datasets.video_clips import (
     MMFClip,
     SpreadClips,
     TimelineWindows,

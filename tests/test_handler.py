@@ -10,10 +10,10 @@ import logging
 import pytest
 import torch
 
+from devtools.worker import extract, handle, load_handler
 from minimmf.serving.predictor import select_device
 from minimmf.serving.settings import SettingsError
 from minimmf.serving.torchserve import archive_model
-from minimmf.serving.worker import extract, handle, load_handler
 from tests.conftest import ROOT
 from tests.media import encode_video
 
@@ -129,7 +129,7 @@ def test_describe(served):
 
 
 def test_top_k_and_threshold_settings(model_dir, test_videos):
-    handler, context = load_handler(model_dir, {"handler": {"top_k": 3, "threshold": 0.0}})
+    handler, context = load_handler(model_dir, {"handler": {"top_k": 3, "prediction_threshold": 0.0}})
     (status, body), = handle(handler, context, [form(*test_videos[0])])
     assert status == 200 and len(body["scores"]) == 3
     assert body["threshold"] == 0.0 and len(body["labels"]) == len(handler.predictor.classes)
@@ -196,7 +196,8 @@ def test_opt_in_fast_modes_stay_close_to_fp32(served, model_dir, test_videos, se
     ({"precision": "bf16", "quantize_bert": True}, "quantize_bert works with precision fp32 only"),
     ({"top_k": "3"}, "handler.top_k must be an int"),
     ({"top_k": -1}, "handler.top_k must be >= 0"),
-    ({"threshold": 1.5}, "handler.threshold must be a probability"),
+    ({"prediction_threshold": 1.5}, "handler.prediction_threshold must be a probability"),
+    ({"threshold": 0.4, "prediction_threshold": 0.5}, "handler.threshold is the old name of"),
     ({"channels_last": "yes"}, "handler.channels_last must be a bool"),
     ({"max_video_bytes": 0}, "handler.max_video_bytes must be > 0"),
     ({"treshold": 0.3}, "unknown handler setting(s) ['treshold']"),
@@ -211,7 +212,7 @@ def test_bad_settings_fail_at_start_naming_the_setting(model_dir, settings, mess
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory) -> dict[str, bytes]:
-    from minimmf.serving import hostile_inputs
+    from devtools import hostile_inputs
 
     folder = tmp_path_factory.mktemp("hostile")
     return {
@@ -309,16 +310,6 @@ def test_bad_requests_are_logged_with_their_request_id_and_reason(served, caplog
     assert "secret content" not in warnings[0].getMessage()
 
 
-def test_shipped_model_config_states_the_defaults():
-    import yaml
-
-    from minimmf.serving.settings import HandlerSettings
-
-    shipped = yaml.safe_load((ROOT / "model-config.yaml").read_text())
-    assert HandlerSettings.from_model_yaml(shipped) == HandlerSettings()
-    assert set(shipped["handler"]) == set(HandlerSettings.__dataclass_fields__)
-
-
 # ------------------------------------------------------- KServe v2 binary
 
 def v2_binary_request(video: bytes, script: str, binary_output: bool = True) -> tuple[dict, dict]:
@@ -388,7 +379,7 @@ def test_a_timeline_leaves_the_video_level_answer_as_it_was(served, test_videos)
 
 def test_each_window_is_the_model_on_that_window(served, test_videos):
     from minimmf.common.sample import SampleList
-    from minimmf.datasets.builders.charades.video_clips import TimelineWindows
+    from minimmf.datasets.video_clips import TimelineWindows
 
     handler, context = served
     video, script = test_videos[1]
@@ -437,7 +428,7 @@ def test_timeline_in_kserve_v2_and_from_the_setting(model_dir, test_videos):
 
 def test_several_clips_pool_into_the_video_level_answer(model_dir, test_videos):
     from minimmf.common.sample import SampleList
-    from minimmf.datasets.builders.charades.video_clips import SpreadClips
+    from minimmf.datasets.video_clips import SpreadClips
 
     video, script = test_videos[2]
     for pooling in ("max", "mean"):

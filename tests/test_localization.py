@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from minimmf.cli.run import run
-from minimmf.datasets.builders.charades._utils import parse_action_intervals
 from minimmf.datasets.builders.charades.builder import CharadesBuilder
+from minimmf.datasets.builders.charades.layout import parse_action_intervals
 from minimmf.modules.metrics import mean_average_precision
-from minimmf.trainers.mmf_trainer import BatchCollator
+from minimmf.common.sample import SampleList
 from minimmf.utils.checkpoint import load_checkpoint_file
 from minimmf.utils.configuration import build_config
 from tests.conftest import TINY_CONFIG, build_model_from
@@ -29,7 +29,7 @@ def val_split(synthetic_data_dir):
 
 
 def test_time_points_follow_the_annotated_intervals(val_split):
-    seconds = float(val_split.localization["segment_seconds"])
+    seconds = val_split.timeline_plan.segment_seconds
     changes_over_time = False
     for idx, row in enumerate(val_split.df.itertuples()):
         windows, window_of, targets = val_split.timeline_item(idx)
@@ -56,11 +56,10 @@ def test_localization_map_scores_each_time_point_by_its_window(trained, syntheti
     model = build_model_from(TINY_CONFIG)
     model.load_state_dict(load_checkpoint_file(trained / "mmf_transformer_final.pth"))
     model.eval()
-    collate = BatchCollator("charades", "val")
     scores, targets = [], []
     for idx in range(len(val_split)):
         windows, window_of, point_targets = val_split.timeline_item(idx)
-        scores.append(model(collate(windows))["scores"][window_of])
+        scores.append(model(SampleList(windows))["scores"][window_of])
         targets.append(point_targets)
     expected = mean_average_precision(torch.cat(scores), torch.cat(targets))
     in_process = evaluated_localization_map(trained, synthetic_data_dir, tmp_path / "no_workers",

@@ -66,8 +66,21 @@ def test_metrics_take_mmfs_dict_form():
     assert list(metrics) == ["map", "f1"]
     assert metrics["map"].applies_to("charades") and not metrics["f1"].applies_to("charades")
     scores, targets = logits([[0.9, 0.2]]), torch.tensor([[1.0, 0.0]])
-    assert metrics["f1"](scores, targets) == 1.0
+    assert metrics["f1"].required_params == ("scores", "targets", "prediction_threshold")
+    assert metrics["f1"]({"scores": scores, "targets": targets, "prediction_threshold": 0.5}) == 1.0
+    assert metrics["f1"]({"scores": scores, "targets": targets, "prediction_threshold": 0.95}) == 0.0
     with pytest.raises(ValueError, match="metric 'map' does not take params"):
         build_metrics([{"type": "map", "params": {"average": "micro"}}])
     with pytest.raises(ValueError, match="lists 'map' twice"):
         build_metrics(["map", {"type": "map"}])
+
+
+def test_metrics_name_the_report_entries_they_need():
+    metrics = build_metrics(["map", "localization_map", {"type": "multilabel_macro_f1",
+                                                         "params": {"prediction_threshold": 0.3}}])
+    assert metrics["map"].required_params == ("scores", "targets")
+    assert metrics["localization_map"].required_params == ("time_point_scores", "time_point_targets")
+    # a threshold set in the metric's params is not taken from the report
+    assert metrics["multilabel_macro_f1"].required_params == ("scores", "targets")
+    report = {"scores": logits([[0.4, 0.2]]), "targets": torch.tensor([[1.0, 0.0]])}
+    assert metrics["multilabel_macro_f1"](report) == 0.5  # 0.4 >= 0.3 is predicted, 0.2 is not

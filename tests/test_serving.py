@@ -17,8 +17,8 @@ import pytest
 import requests
 import yaml
 
+from devtools.worker import extract, handle, load_handler
 from minimmf.serving.torchserve import TorchServe
-from minimmf.serving.worker import extract, handle, load_handler
 from tests.conftest import ROOT
 from tests.media import encode_video
 
@@ -177,7 +177,7 @@ def test_kserve_v2_inference_endpoint(server, videos):
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory, videos):
-    from minimmf.serving.hostile_inputs import hostile_requests
+    from devtools.hostile_inputs import hostile_requests
 
     path, script = videos[0]
     return hostile_requests(tmp_path_factory.mktemp("hostile"), path.read_bytes(), script, MAX_VIDEO_BYTES)

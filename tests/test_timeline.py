@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.worker import extract, handle, load_handler
 from minimmf.cli.run import run
-from minimmf.datasets.builders.charades._utils import parse_action_intervals, read_classes_file
+from minimmf.datasets.builders.charades.layout import parse_action_intervals, read_classes_file
 from minimmf.serving.torchserve import archive_model
-from minimmf.serving.worker import extract, handle, load_handler
 from tests.conftest import ROOT, run_script, synthetic_layout
 from tests.media import join_videos
 

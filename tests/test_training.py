@@ -70,8 +70,8 @@ def test_saved_config_says_what_ran(trained):
 
 
 def test_save_dir_holds_the_class_list_the_handler_reads(trained, synthetic_data_dir):
-    from minimmf.datasets.builders.charades._utils import read_action_labels
     from minimmf.datasets.builders.charades.builder import CharadesBuilder
+    from minimmf.datasets.builders.charades.layout import read_action_labels
 
     config = build_config(trained / "config.yaml", [f"env.data_dir={synthetic_data_dir}"])
     dataset = CharadesBuilder().load(config.dataset_config.charades, "val")

@@ -15,10 +15,10 @@ import torch
 from omegaconf import OmegaConf
 
 from minimmf.cli.run import run
+from minimmf.trainers.config_checks import check_config, config_warnings
 from minimmf.utils import distributed
 from minimmf.utils.build import build_optimizer
 from minimmf.utils.checkpoint import load_checkpoint_file
-from minimmf.utils.config_checks import check_config, config_warnings
 from minimmf.utils.configuration import ConfigError, build_config
 from minimmf.utils.general import clip_gradients, get_batch_size, get_max_updates
 from minimmf.utils.logger import ColorfulFormatter

@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from omegaconf import DictConfig
 from torch.multiprocessing import ProcessExitedException
 
+from minimmf.trainers.config_checks import check_config, check_data
 from minimmf.trainers.mmf_trainer import MMFTrainer
 from minimmf.utils import distributed
 from minimmf.utils.checkpoint import CheckpointMismatchError
-from minimmf.utils.config_checks import check_config, check_data
 from minimmf.utils.configuration import ConfigError, build_config
 from minimmf.utils.env import import_user_dir, pick_seed, setup_imports
 from minimmf.utils.logger import setup_very_basic_config

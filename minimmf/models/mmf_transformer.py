@@ -5,7 +5,7 @@ feature for Charades), classified from the text [CLS] position."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -61,72 +61,128 @@ class MMFTransformer(BaseTransformer):
                 encoder.requires_grad_(False)
             self.encoders[modality.key] = encoder
 
-    # ---- turning a SampleList into per-modality transformer inputs ----
+    def tie_weights(self) -> None:
+        """Each head may tie its weights to the text token embedding (the MLP head ties none)."""
+        if "text" not in self.modality_type:
+            return
+        text_embedding = self.backend.embeddings.token_embeddings[self.modality_type.index("text")]
+        for head in self.heads:
+            head.tie_weights(text_embedding)
 
-    def _modality_input(self, sample_list: Mapping[str, Any], idx: int) -> Tensor:
-        key, kind = self.modality_keys[idx], self.modality_type[idx]
-        if kind == "text":
-            candidates: tuple[str, ...] = ("input_ids", key)
-        elif kind == "image":
-            candidates = (key, "image", "input_modal", "image_feature_0")
-        else:
-            candidates = (key,)
-        for name in candidates:
+    # ---- turning a SampleList into per-modality transformer inputs ----
+    # MMF's override points, in the order preprocess_sample calls them: a subclass
+    # registered from env.user_dir changes one without copying the rest.
+
+    def preprocess_sample(self, sample_list: Mapping[str, Any]) -> dict[str, dict[str, Tensor]]:
+        input_ids = self._infer_input_ids(sample_list)
+        position_ids = self._infer_position_ids(input_ids)
+        masks = self._infer_masks(sample_list, input_ids)
+        segment_ids = self._infer_segment_ids(sample_list, input_ids)
+        mlm_labels = self._infer_mlm_labels(sample_list, input_ids)
+        itm_labels = self._infer_itm_labels(sample_list, input_ids)
+        return {"input_ids": input_ids, "position_ids": position_ids, "segment_ids": segment_ids, "masks": masks,
+                "mlm_labels": mlm_labels, "itm_labels": itm_labels}
+
+    def _check_keys_for_modality(self, sample_list: Mapping[str, Any], keys: Sequence[str]) -> Tensor:
+        """The first of ``keys`` the sample list holds."""
+        for name in keys:
             if name in sample_list:
                 return sample_list[name]
-        raise TypeError(f"missing modality in SampleList: expected one of {', '.join(candidates)}")
+        raise TypeError(f"missing modality in SampleList: expected one of {', '.join(keys)}")
 
     def _text_field(self, sample_list: Mapping[str, Any], field: str, text_index: int) -> Tensor:
         # several text modalities come stacked as (B, n_texts, L)
         value = sample_list[field]
         return value[:, text_index] if value.dim() > 2 else value
 
-    def preprocess_sample(self, sample_list: Mapping[str, Any]) -> dict[str, dict[str, Tensor]]:
+    def _text_indices(self) -> dict[str, int]:
+        """Each text modality's index among the text modalities (their place in stacked text fields)."""
+        keys = [key for key, kind in zip(self.modality_keys, self.modality_type, strict=True) if kind == "text"]
+        return {key: index for index, key in enumerate(keys)}
+
+    def _infer_input_ids(self, sample_list: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Each modality's encoded features: text token ids, (B, L) -> (B, L) ids;
+        other features -> (B, N, D) (a single feature becomes N = 1)."""
+        text_indices = self._text_indices()
         input_ids: dict[str, Tensor] = {}
-        masks: dict[str, Tensor] = {}
-        segment_ids: dict[str, Tensor] = {}
-        text_index = 0
-        for idx, key in enumerate(self.modality_keys):
-            is_text = self.modality_type[idx] == "text"
-            features = self._modality_input(sample_list, idx)
-            if is_text and features.dim() > 2:
-                features = features[:, text_index]
+        for key, kind in zip(self.modality_keys, self.modality_type, strict=True):
+            if kind == "text":
+                features = self._check_keys_for_modality(sample_list, ("input_ids", key))
+                if features.dim() > 2:
+                    features = features[:, text_indices[key]]
+            elif kind == "image":
+                features = self._check_keys_for_modality(sample_list, (key, "image", "input_modal", "image_feature_0"))
+            else:
+                features = self._check_keys_for_modality(sample_list, (key,))
             features = self.encoders[key](features)
-            if not is_text and features.dim() == 2:
+            if kind != "text" and features.dim() == 2:
                 features = features.unsqueeze(1)
             input_ids[key] = features
-            shape, device = features.shape[:2], features.device
+        return input_ids
 
-            if is_text and "input_mask" in sample_list:
-                masks[key] = self._text_field(sample_list, "input_mask", text_index)
+    def _infer_position_ids(self, input_ids: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {key: torch.arange(ids.size(1), dtype=torch.long, device=ids.device).unsqueeze(0).expand(ids.shape[:2])
+                for key, ids in input_ids.items()}
+
+    def _infer_masks(self, sample_list: Mapping[str, Any], input_ids: dict[str, Tensor]) -> dict[str, Tensor]:
+        text_indices = self._text_indices()
+        masks: dict[str, Tensor] = {}
+        for key, kind in zip(self.modality_keys, self.modality_type, strict=True):
+            if kind == "text" and "input_mask" in sample_list:
+                masks[key] = self._text_field(sample_list, "input_mask", text_indices[key])
             elif f"{key}_mask" in sample_list:
                 masks[key] = sample_list[f"{key}_mask"]
             else:
-                masks[key] = torch.ones(shape, dtype=torch.long, device=device)
+                masks[key] = torch.ones(input_ids[key].shape[:2], dtype=torch.long, device=input_ids[key].device)
+        return masks
 
-            if self.modality_segments[idx] != -1:
-                if is_text and "segment_ids" in sample_list:
-                    segment_ids[key] = self._text_field(sample_list, "segment_ids", text_index)
-                else:
-                    segment_ids[key] = torch.full(
-                        shape, self.modality_segments[idx], dtype=torch.long, device=device
-                    )
-            if is_text:
-                text_index += 1
+    def _infer_segment_ids(self, sample_list: Mapping[str, Any], input_ids: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Segment ids of the modalities that have a ``segment_id`` (the others get none)."""
+        text_indices = self._text_indices()
+        segment_ids: dict[str, Tensor] = {}
+        for key, kind, segment in zip(self.modality_keys, self.modality_type, self.modality_segments, strict=True):
+            if segment == -1:
+                continue
+            if kind == "text" and "segment_ids" in sample_list:
+                segment_ids[key] = self._text_field(sample_list, "segment_ids", text_indices[key])
+            else:
+                segment_ids[key] = torch.full(input_ids[key].shape[:2], segment, dtype=torch.long,
+                                              device=input_ids[key].device)
+        return segment_ids
 
-        position_ids = {
-            key: torch.arange(ids.size(1), device=ids.device).unsqueeze(0).expand(ids.shape[:2])
-            for key, ids in input_ids.items()
-        }
-        return {"input_ids": input_ids, "position_ids": position_ids, "segment_ids": segment_ids, "masks": masks}
+    def _infer_mlm_labels(self, sample_list: Mapping[str, Any], input_ids: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Masked-language-model labels per modality (-1: not a target), and all of them joined."""
+        text_indices = self._text_indices()
+        labels: dict[str, Tensor] = {}
+        for key, kind in zip(self.modality_keys, self.modality_type, strict=True):
+            if kind == "text" and "lm_label_ids" in sample_list:
+                labels[key] = self._text_field(sample_list, "lm_label_ids", text_indices[key])
+            else:
+                labels[key] = torch.full(input_ids[key].shape[:2], -1, dtype=torch.long,
+                                         device=input_ids[key].device)
+        labels["combined_labels"] = torch.cat([labels[key] for key in self.modality_keys], dim=-1)
+        return labels
+
+    def _infer_itm_labels(self, sample_list: Mapping[str, Any], input_ids: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Image-text matching labels: the sample list's ``is_correct``, else "matching"."""
+        if "is_correct" in sample_list:
+            return {"is_correct": sample_list["is_correct"]}
+        device = next(iter(input_ids.values())).device
+        return {"is_correct": torch.tensor(True, dtype=torch.long, device=device)}
 
     def forward(self, sample_list: Mapping[str, Any]) -> dict[str, Tensor]:
         processed = self.preprocess_sample(sample_list)
+        processed["target_key"] = sample_list
         masks = [processed["masks"][key] for key in self.modality_keys]
         sequence_output, encoded_layers = self.backend(
             processed["input_ids"], processed["position_ids"], processed["segment_ids"], masks
         )
+        return self.postprocess_output(sequence_output, encoded_layers, processed)
+
+    def postprocess_output(self, sequence_output: Tensor, encoded_layers: list[Tensor],
+                           processed_sample_list: dict[str, Any]) -> dict[str, Tensor]:
+        """The heads' outputs, merged."""
         output: dict[str, Tensor] = {}
         for head in self.heads:
-            output.update(head(sequence_output, encoded_layers, processed))
+            output.update(head(sequence_output, encoded_layers, processed_sample_list))
         return output

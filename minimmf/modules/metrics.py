@@ -1,8 +1,12 @@
 """Multi-label metrics for Charades, registered under MMF's names.
 
 Each metric takes sigmoid-able ``scores`` (N, C) logits and multi-hot
-``targets`` (N, C) and returns a float. ``multilabel_micro_f1`` and
-``multilabel_macro_f1`` threshold sigmoid scores at 0.5 (MMF rounds them);
+``targets`` (N, C) and returns a float; it names the report entries it is
+computed from in ``required_params`` (MMF's), in the order it takes them, so
+that a dataset can provide them (``minimmf.datasets.evaluation``).
+``multilabel_micro_f1`` and ``multilabel_macro_f1`` predict a class when its
+sigmoid reaches the dataset's ``prediction_threshold`` (0.5, as MMF's rounding,
+and the rule of the prediction files and of serving, ``modules.predictions``);
 ``map`` is Charades' standard mean average precision over the classes that
 have at least one positive (MMF's own ``ap`` metrics apply a softmax, which
 does not fit multi-label data).
@@ -10,7 +14,7 @@ does not fit multi-label data).
 ``localization_map`` is Charades' localization score: the same mean average
 precision over per-time-point predictions (25 equally spaced time points
 per video, each scored by the timeline window holding it, against the
-actions whose start/end hold it); the trainer runs the timeline for it.
+actions whose start/end hold it), from the dataset's ``time_point_*`` entries.
 
 ``evaluation.metrics`` lists names or MMF's dict form, ``{type, key, params,
 datasets}``: ``key`` renames the report entry, ``params`` go to the metric,
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import collections.abc
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -30,16 +34,17 @@ import torch
 from torch import Tensor
 
 from minimmf.common.registry import registry
+from minimmf.modules.predictions import predicted
 
 Metric = Callable[[Tensor, Tensor], float]
 
 
-def _binary_predictions(scores: Tensor) -> Tensor:
-    return (torch.sigmoid(scores.float()) >= 0.5).float()
+def _binary_predictions(scores: Tensor, threshold: float) -> Tensor:
+    return predicted(torch.sigmoid(scores.double()), threshold).float()
 
 
-def _counts(scores: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    predicted = _binary_predictions(scores)
+def _counts(scores: Tensor, targets: Tensor, threshold: float) -> tuple[Tensor, Tensor, Tensor]:
+    predicted = _binary_predictions(scores, threshold)
     targets = targets.float()
     true_positive = (predicted * targets).sum(dim=0)
     false_positive = (predicted * (1 - targets)).sum(dim=0)
@@ -47,17 +52,27 @@ def _counts(scores: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return true_positive, false_positive, false_negative
 
 
+def required_params(*names: str) -> Callable[[Metric], Metric]:
+    """Declare the report entries a metric is computed from (default: scores, targets)."""
+    def declare(function: Metric) -> Metric:
+        function.required_params = names
+        return function
+    return declare
+
+
 @registry.register_metric("multilabel_micro_f1")
-def multilabel_micro_f1(scores: Tensor, targets: Tensor) -> float:
-    tp, fp, fn = (count.sum() for count in _counts(scores, targets))
+@required_params("scores", "targets", "prediction_threshold")
+def multilabel_micro_f1(scores: Tensor, targets: Tensor, prediction_threshold: float = 0.5) -> float:
+    tp, fp, fn = (count.sum() for count in _counts(scores, targets, prediction_threshold))
     denominator = 2 * tp + fp + fn
     return float(2 * tp / denominator) if denominator > 0 else 0.0
 
 
 @registry.register_metric("multilabel_macro_f1")
-def multilabel_macro_f1(scores: Tensor, targets: Tensor) -> float:
+@required_params("scores", "targets", "prediction_threshold")
+def multilabel_macro_f1(scores: Tensor, targets: Tensor, prediction_threshold: float = 0.5) -> float:
     """Mean of per-class F1; a class never predicted nor present scores 0 (as sklearn)."""
-    tp, fp, fn = _counts(scores, targets)
+    tp, fp, fn = _counts(scores, targets, prediction_threshold)
     denominator = 2 * tp + fp + fn
     per_class = torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1), torch.zeros_like(tp))
     return float(per_class.mean())
@@ -93,22 +108,30 @@ class ConfiguredMetric:
         return not self.datasets or dataset_name in self.datasets
 
     @property
-    def on_time_points(self) -> bool:
-        """Scored on a timeline's time points rather than on whole videos."""
+    def arguments(self) -> dict[str, str]:
+        """The report entry each argument of the metric comes from (those its
+        ``params`` do not set)."""
         function = self.function.func if isinstance(self.function, partial) else self.function
-        return getattr(function, "on_time_points", False)
+        fixed = self.function.keywords if isinstance(self.function, partial) else {}
+        names = list(inspect.signature(function).parameters)
+        required = getattr(function, "required_params", ("scores", "targets"))
+        return {name: entry for name, entry in zip(names, required, strict=False) if name not in fixed}
 
-    def __call__(self, scores: Tensor, targets: Tensor) -> float:
-        return self.function(scores, targets)
+    @property
+    def required_params(self) -> tuple[str, ...]:
+        """The report entries the metric is computed from."""
+        return tuple(self.arguments.values())
+
+    def __call__(self, report: Mapping[str, Any]) -> float:
+        """The metric of a report that holds its ``required_params``."""
+        return self.function(**{name: report[entry] for name, entry in self.arguments.items()})
 
 
 @registry.register_metric("localization_map")
+@required_params("time_point_scores", "time_point_targets")
 def localization_map(scores: Tensor, targets: Tensor) -> float:
     """``map`` over the time points of every video ((videos x points, classes))."""
     return mean_average_precision(scores, targets)
-
-
-localization_map.on_time_points = True  # the trainer feeds it time points, not videos
 
 
 def build_metric(entry: Any) -> ConfiguredMetric:
@@ -121,7 +144,10 @@ def build_metric(entry: Any) -> ConfiguredMetric:
     function = registry.require("metric", metric_type)
     params = dict(entry.get("params", None) or {})
     try:
-        inspect.signature(function).bind(None, None, **params)
+        signature = inspect.signature(function)
+        required = getattr(function, "required_params", ("scores", "targets"))
+        from_report = [name for name in list(signature.parameters)[:len(required)] if name not in params]
+        signature.bind(**dict.fromkeys(from_report), **params)
     except TypeError as error:
         raise ValueError(f"metric {metric_type!r} does not take params {params}: {error}") from None
     datasets = [str(name) for name in entry.get("datasets", None) or []]

@@ -1,6 +1,6 @@
-"""From per-class probabilities to answers: the one rule that turns scores
-into labels (serving and dataset predictions alike), the JSON answer of a
-request, and its KServe v2 envelope."""
+"""From per-class probabilities to answers: the JSON answer of a request
+(its labels by ``minimmf.modules.predictions``, the rule evaluation uses
+too), its timeline, and its KServe v2 envelope."""
 
 from __future__ import annotations
 
@@ -10,26 +10,9 @@ from typing import Any
 
 import torch
 
+from minimmf.modules.predictions import labels_above
 from minimmf.serving import kserve_v2
-from minimmf.serving.settings import CLIP_POOLINGS
-
-ANSWER_OUTPUT = "predictions"
-
-
-def labels_above(probabilities: torch.Tensor, classes: Sequence[str], threshold: float) -> list[str]:
-    """The classes whose probability reaches ``threshold`` (inclusive), most probable first."""
-    order = torch.argsort(probabilities, descending=True, stable=True).tolist()
-    return [classes[i] for i in order if probabilities[i] >= threshold]
-
-
-def pool_clips(probabilities: torch.Tensor, pooling: str) -> torch.Tensor:
-    """One video's probabilities from its clips' (clips, classes): the clip's own
-    for one clip, else their maximum (Charades' convention) or mean."""
-    if pooling not in CLIP_POOLINGS:
-        raise ValueError(f"clip pooling {pooling!r}: use {' or '.join(CLIP_POOLINGS)}")
-    if len(probabilities) == 1:
-        return probabilities[0]
-    return probabilities.max(dim=0).values if pooling == "max" else probabilities.mean(dim=0)
+from minimmf.serving.kserve_v2 import ANSWER_OUTPUT
 
 
 def top_scores(probabilities: torch.Tensor, classes: Sequence[str], top_k: int) -> dict[str, float]:

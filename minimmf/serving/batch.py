@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from minimmf.common.sample import Sample
-from minimmf.datasets.builders.charades.video_clips import VideoDecodeError
+from minimmf.datasets.video_clips import VideoDecodeError
 from minimmf.serving.inputs import BadRequest, ParsedRequest
 from minimmf.serving.predictor import RequestSamples
 

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from typing import Any
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# the one output of the handler's v2 answers: the JSON answer, as BYTES
+ANSWER_OUTPUT = "predictions"
 
 
 class V2FormatError(ValueError):

@@ -1,42 +1,34 @@
 """The model behind the handler: built from the archived config through the
-registry, with the archived weights, on the device TorchServe assigned, with
-the serving speed-ups the settings ask for; and the sample maker that turns
-a video and its script into model inputs exactly as evaluation does."""
+registry, with the archived weights, on the device TorchServe assigned,
+prepared for inference as the settings ask; and the dataset's sample maker,
+which turns a video and its script into model inputs exactly as evaluation
+does. The model and the dataset are reached only through their interfaces
+(``BaseModel``, ``BaseDatasetBuilder``): nothing here knows MMFTransformer
+or Charades."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from minimmf.common.registry import registry
 from minimmf.common.sample import Sample, SampleList
-from minimmf.datasets.builders.charades._utils import read_action_labels
-from minimmf.datasets.builders.charades.dataset import CharadesSampleMaker
-from minimmf.datasets.builders.charades.video_clips import (
-    ClipPlan,
-    DecodeLimits,
-    SpreadClips,
-    TimelineWindows,
-    Together,
-    window_seconds,
-)
-from minimmf.datasets.processors.bert_processors import VOCAB_FILE_NAME
+from minimmf.datasets.video_clips import ClipPlan, DecodeLimits, SpreadClips, TimelineWindows, Together, window_seconds
+from minimmf.serving.model_files import dataset_builder, read_config, run_manifest
 from minimmf.serving.settings import HandlerSettings
-from minimmf.utils.build import build_model, build_processors
+from minimmf.utils.build import build_model
 from minimmf.utils.checkpoint import load_checkpoint_file
+from minimmf.utils.configuration import dataset_names
+from minimmf.utils.env import setup_imports
 
 logger = logging.getLogger(__name__)
-
-# the reference example shipped the labels file with this spelling too
-LABEL_FILE_NAMES = ("charades_action_labels.csv", "charades_action_lables.csv")
-DATASET = "charades"
 
 
 def select_device(gpu_id: Any) -> torch.device:
@@ -46,55 +38,6 @@ def select_device(gpu_id: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def find_labels_file(model_dir: Path) -> Path:
-    for name in LABEL_FILE_NAMES:
-        if (model_dir / name).is_file():
-            return model_dir / name
-    raise FileNotFoundError(f"no {LABEL_FILE_NAMES[0]} in the archive ({model_dir}); pass it with --extra-files")
-
-
-def load_serving_config(model_dir: Path) -> DictConfig:
-    """config.yaml from the archive, with the tokenizer pointed at the archived
-    vocabulary and the encoders' pretrained weights off (the archive has them)."""
-    config_path = model_dir / "config.yaml"
-    if not config_path.is_file():
-        raise FileNotFoundError(
-            f"no config.yaml in the archive ({model_dir}); pass save/config.yaml with --extra-files"
-        )
-    config = OmegaConf.load(config_path)
-    for modality in config.model_config[config.model].get("modalities", []):
-        encoder_params = (modality.get("encoder") or {}).get("params")
-        if encoder_params is not None and encoder_params.get("pretrained"):
-            encoder_params.pretrained = False  # the archive's weights replace them: nothing to fetch
-    vocab = model_dir / VOCAB_FILE_NAME
-    if vocab.is_file():
-        text_params = config.dataset_config[DATASET].processors.text_processor.params
-        text_params.tokenizer_config.type = str(vocab)
-    return config
-
-
-def use_channels_last(model: torch.nn.Module) -> None:
-    """Channels-last weights for the convolutional encoders: the same fp32 results
-    (to ~1e-6), faster oneDNN/cuDNN kernels, and batches that pay on a CPU."""
-    for encoder in model.encoders.values():
-        convolutions = [m for m in encoder.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
-        if any(isinstance(m, torch.nn.Conv3d) for m in convolutions):
-            encoder.to(memory_format=torch.channels_last_3d)
-        elif convolutions:
-            encoder.to(memory_format=torch.channels_last)
-
-
-def quantize_bert(model: torch.nn.Module) -> None:
-    """Dynamic int8 quantization of the BERT encoder's linear layers (CPU only)."""
-    with warnings.catch_warnings():
-        # torch.ao.quantization is deprecated in favour of torchao, which this stack does not pin
-        warnings.filterwarnings("ignore", message=".*deprecated.*")
-        from torch.ao.quantization import quantize_dynamic
-
-        model.backend.transformer = quantize_dynamic(model.backend.transformer, {torch.nn.Linear},
-                                                     dtype=torch.qint8)
-
-
 def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """bfloat16 autocast for ``precision: bf16``, else nothing."""
     if precision == "bf16":
@@ -102,17 +45,17 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
     return contextlib.nullcontext()
 
 
-def prepare_for_serving(model: torch.nn.Module, device: torch.device, settings: HandlerSettings) -> torch.nn.Module:
-    """The eval-mode model on ``device`` with the speed-ups ``settings`` ask for."""
-    model = model.to(device).eval()
-    if settings.channels_last:
-        use_channels_last(model)
-    if settings.quantize_bert:
-        if device.type == "cpu":
-            quantize_bert(model)
-        else:
-            logger.warning("handler.quantize_bert is for CPU serving; ignored on %s", device)
-    return model
+def inference_config(config: DictConfig, vocabulary: Path | None) -> DictConfig:
+    """The archived config with the edits serving needs, which the model's class and
+    the dataset's builder say (the archived vocabulary, no pretrained downloads)."""
+    setup_imports()
+    config = config.copy()
+    model_class = registry.require("model", config.model)
+    config.model_config[config.model] = model_class.config_for_inference(config.model_config[config.model])
+    name = dataset_names(config)[0]
+    config.dataset_config[name] = dataset_builder(config).config_for_inference(config.dataset_config[name],
+                                                                              vocabulary)
+    return config
 
 
 @dataclass
@@ -134,31 +77,43 @@ class Predictor:
     def __init__(self, config: DictConfig, classes: list[str], state_dict: dict[str, Any], device: torch.device,
                  settings: HandlerSettings):
         self.config, self.classes, self.device, self.settings = config, classes, device, settings
-        dataset_config = config.dataset_config[DATASET]
+        self.dataset_name = dataset_names(config)[0]
+        dataset_config = config.dataset_config[self.dataset_name]
         model = build_model(config)
-        num_labels = model.heads[0].num_labels
-        if num_labels != len(classes):
-            raise ValueError(f"the model has {num_labels} outputs but the labels file defines {len(classes)} "
+        if model.num_labels != len(classes):
+            raise ValueError(f"the model has {model.num_labels} outputs but the labels file defines {len(classes)} "
                              "classes; archive the labels CSV of the dataset the model was trained on")
         model.load_state_dict(state_dict)
-        self.model = prepare_for_serving(model, device, settings)
-        self.frames_per_clip = int(dataset_config.get("frames_per_clip", 16))
+        quantize = settings.quantize_bert and device.type == "cpu"
+        if settings.quantize_bert and not quantize:
+            logger.warning("handler.quantize_bert is for CPU serving; ignored on %s", device)
+        self.model = model.to(device).prepare_for_inference(channels_last=settings.channels_last, quantize=quantize)
         limits = DecodeLimits(settings.max_frame_pixels, settings.max_frames, settings.max_decode_seconds,
                               setting_prefix="handler.")
-        self.sample_maker = CharadesSampleMaker(build_processors(dataset_config.processors), "test",
-                                                self.frames_per_clip, limits)
+        builder = dataset_builder(config)
+        self.sample_maker = builder.inference_sample_maker(dataset_config, limits)
+        self.inputs = builder.describe_inputs(dataset_config)
+        self.frames_per_clip = self.sample_maker.frames_per_clip
         self.video_clips = SpreadClips(settings.clips, self.frames_per_clip)
         default_threshold = float(dataset_config.get("prediction_threshold", 0.5))
-        self.threshold = settings.threshold if settings.threshold is not None else default_threshold
+        chosen = settings.prediction_threshold
+        self.threshold = chosen if chosen is not None else default_threshold
 
     @classmethod
     def from_model_dir(cls, model_dir: Path, serialized_file: str, settings: HandlerSettings,
                        gpu_id: Any = None) -> Predictor:
-        """The predictor of an extracted archive: config.yaml, the labels CSV,
-        the vocabulary and the serialized weights."""
-        return cls(load_serving_config(model_dir), read_action_labels(find_labels_file(model_dir)),
-                   load_checkpoint_file(model_dir / serialized_file, map_location="cpu"), select_device(gpu_id),
-                   settings)
+        """The predictor of an extracted archive: its config, class list,
+        vocabulary (as its manifest names them) and serialized weights."""
+        manifest = run_manifest(model_dir)
+        config_path, labels = manifest.path(model_dir, "config"), manifest.path(model_dir, "labels")
+        if labels is None or not labels.is_file():
+            raise FileNotFoundError(f"no class list in the archive ({model_dir}); archive the labels CSV mmf_run "
+                                    "saved (--extra-files)")
+        config = read_config(config_path)
+        config = inference_config(config, manifest.path(model_dir, "vocabulary"))
+        classes = dataset_builder(config).read_class_list(labels)
+        return cls(config, classes, load_checkpoint_file(model_dir / serialized_file, map_location="cpu"),
+                   select_device(gpu_id), settings)
 
     def plan(self, segment_seconds: float) -> ClipPlan:
         """What to decode from one video: the ``clips`` video-level clips (first)
@@ -185,24 +140,15 @@ class Predictor:
                               decode_seconds)
 
     def describe(self) -> dict[str, Any]:
-        """The model in brief: its labels, threshold, device and the config's main sizes."""
-        model_config = self.config.model_config[self.config.model]
-        bert = self.model.backend.transformer_config
-        text_params = self.config.dataset_config[DATASET].processors.text_processor.params
+        """The model in brief: its labels, threshold, device and main sizes."""
+        model = self.model.describe()
         return {
-            "model": "MMFTransformer (text + video + audio)",
+            "model": model.pop("model"),
+            "dataset": self.dataset_name,
             "labels": self.classes,
             "threshold": self.threshold,
             "device": str(self.device),
-            "config": {
-                "transformer_base": model_config.transformer_base,
-                "hidden_size": bert.hidden_size,
-                "num_hidden_layers": bert.num_hidden_layers,
-                "modalities": [{"key": m.key, "encoder": m.get("encoder", {}).get("type", "identity")}
-                               for m in model_config.modalities],
-                "frames_per_clip": self.frames_per_clip,
-                "max_seq_length": int(text_params.max_seq_length),
-            },
+            "config": {**model, **self.inputs},
         }
 
     def predict(self, samples: list[Sample]) -> torch.Tensor:
@@ -213,7 +159,7 @@ class Predictor:
 
     def _predict_batch(self, samples: list[Sample]) -> torch.Tensor:
         batch = SampleList(samples)
-        batch.dataset_name, batch.dataset_type = DATASET, "test"
+        batch.dataset_name, batch.dataset_type = self.dataset_name, "test"
         with torch.inference_mode(), autocast_for(self.device, self.settings.precision):
             scores = self.model(batch.to(self.device, non_blocking=True))["scores"]
             return torch.sigmoid(scores.float()).cpu()

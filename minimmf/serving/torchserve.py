@@ -26,17 +26,20 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from minimmf.serving.model_files import check_weights_fit, read_config, run_manifest
+from minimmf.utils.checkpoint import CheckpointMismatchError
+from minimmf.utils.manifest import ManifestError, RunManifest
+
 BIN = Path(sys.executable).parent
 APIS = ("inference", "management", "metrics")
 MINIMUM_JAVA = 17
-LABELS_FILE = "charades_action_labels.csv"
-WEIGHTS_FILE = "mmf_transformer_final.pth"
 
 
 class ServingSetupError(RuntimeError):
@@ -91,34 +94,48 @@ def torchserve_environment(extra: dict[str, str] | None = None) -> dict[str, str
 # ---------------------------------------------------------------- archive
 
 
-def default_labels(save_dir: Path, project_dir: Path = Path(".")) -> Path:
-    """The labels CSV mmf_run wrote beside the weights, else the project's."""
-    saved = save_dir / LABELS_FILE
-    return saved if saved.is_file() else project_dir / LABELS_FILE
+def run_files(save_dir: Path, labels: Path | None = None, weights: Path | None = None) -> tuple[RunManifest,
+                                                                                            dict[str, Path]]:
+    """The run's files by role, as its manifest names them (``labels`` and
+    ``weights`` replace the run's own), checked to belong together: each file
+    the run's, and the weights of the shapes its config builds."""
+    try:
+        manifest = run_manifest(save_dir)
+        given = {role: Path(path) for role, path in (("labels", labels), ("weights", weights)) if path is not None}
+        manifest.check(save_dir, roles=tuple(role for role in manifest.files if role not in given))
+        files = {**{role: manifest.path(save_dir, role) for role in manifest.files}, **given}
+        for role in ("weights", "config", "labels"):
+            if files.get(role) is None or not files[role].is_file():
+                raise FileNotFoundError(f"no {role} file for the archive ({files.get(role) or 'none found'} in "
+                                        f"{save_dir}): train first (scripts/train.sh) or pass it")
+        check_weights_fit(read_config(files["config"]), files["weights"])
+    except (ManifestError, CheckpointMismatchError, FileNotFoundError) as error:
+        raise ServingSetupError(f"cannot archive {save_dir}: {error}") from None
+    return manifest, files
 
 
 def archive_model(save_dir: Path, export_path: Path = Path("model_store"), labels: Path | None = None,
                   weights: Path | None = None, model_config: Path = Path("model-config.yaml"),
                   handler: Path = Path("handler.py"), name: str = "MMF_model", folder: bool = False) -> Path:
-    """Run torch-model-archiver on ``save_dir`` (config.yaml, vocab.txt, the
-    labels CSV and weights mmf_run wrote): ``name``.mar in ``export_path``, or
+    """Run torch-model-archiver on the run in ``save_dir`` (the weights, config,
+    class list and vocabulary its manifest names, checked by ``run_files``), with
+    a manifest of what the archive holds: ``name``.mar in ``export_path``, or
     with ``folder`` the unzipped model folder (faster for large weights)."""
-    labels = labels or default_labels(save_dir)
-    weights = weights or save_dir / WEIGHTS_FILE
-    for path in (weights, save_dir / "config.yaml", labels, model_config, handler):
+    manifest, files = run_files(save_dir, labels, weights)
+    for path in (model_config, handler):
         if not Path(path).is_file():
-            raise ServingSetupError(f"missing {path}: train first (scripts/train.sh) or point at the right files")
-    extra = [str(labels), str(save_dir / "config.yaml")]
-    # the tokenizer vocabulary mmf_run saved; without it the handler resolves bert-base-uncased offline
-    if (save_dir / "vocab.txt").is_file():
-        extra.append(str(save_dir / "vocab.txt"))
+            raise ServingSetupError(f"missing {path}: run from the project's folder or pass its path")
     export_path.mkdir(parents=True, exist_ok=True)
-    command = [str(BIN / "torch-model-archiver"), "--model-name", name, "--version", "1.0",
-               "--serialized-file", str(weights), "--handler", str(handler), "--extra-files", ",".join(extra),
-               "--config-file", str(model_config), "--export-path", str(export_path), "--force"]
-    if folder:
-        command += ["--archive-format", "no-archive"]
-    result = subprocess.run(command, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory() as staging:
+        archived = RunManifest.of_files(manifest.run_id, manifest.model, manifest.dataset, files)
+        extra = [str(path) for role, path in files.items() if role != "weights"] + [str(archived.write(staging))]
+        command = [str(BIN / "torch-model-archiver"), "--model-name", name, "--version", "1.0",
+                   "--serialized-file", str(files["weights"]), "--handler", str(handler),
+                   "--extra-files", ",".join(extra), "--config-file", str(model_config),
+                   "--export-path", str(export_path), "--force"]
+        if folder:
+            command += ["--archive-format", "no-archive"]
+        result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise ServingSetupError(f"torch-model-archiver failed: {result.stderr.strip() or result.stdout.strip()}")
     return export_path / (name if folder else f"{name}.mar")
@@ -259,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     archive = commands.add_parser("archive", help="build model_store/MMF_model.mar from what mmf_run saved")
     archive.add_argument("--save-dir", type=Path, default=Path("save"))
-    archive.add_argument("--labels", type=Path, help=f"default: SAVE_DIR/{LABELS_FILE}, else ./{LABELS_FILE}")
-    archive.add_argument("--weights", type=Path, help=f"default: SAVE_DIR/{WEIGHTS_FILE}")
+    archive.add_argument("--labels", type=Path, help="default: the class list SAVE_DIR's manifest names")
+    archive.add_argument("--weights", type=Path, help="default: the weights SAVE_DIR's manifest names")
     archive.add_argument("--model-config", type=Path, default=Path("model-config.yaml"))
     archive.add_argument("--handler", type=Path, default=Path("handler.py"))
     for command in ("start", "register", "status", "stop"):

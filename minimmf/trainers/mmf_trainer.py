@@ -20,68 +20,41 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from minimmf.common import test_reporter
 from minimmf.common.sample import SampleList
-from minimmf.datasets.builders.charades._utils import write_action_labels_csv
 from minimmf.modules.metrics import build_metrics
-from minimmf.serving.answers import pool_clips
+from minimmf.trainers.config_checks import config_warnings
+from minimmf.trainers.core.evaluation_loop import LossSums, evaluate_set
 from minimmf.utils import distributed
 from minimmf.utils.build import build_dataset, build_model, build_optimizer, build_scheduler, dataloader_options
 from minimmf.utils.checkpoint import Checkpoint
-from minimmf.utils.config_checks import config_warnings, dataset_names, parse_run_type, splits_to_load
-from minimmf.utils.configuration import ConfigError
+from minimmf.utils.configuration import ConfigError, dataset_names, parse_run_type, splits_to_load
 from minimmf.utils.early_stopping import EarlyStopping
 from minimmf.utils.env import pick_seed, set_seed
 from minimmf.utils.general import clip_gradients, get_batch_size, get_max_updates
 from minimmf.utils.logger import MetricsLogger, RunLogging, TensorboardLogger, log_folder, log_progress
+from minimmf.utils.manifest import RunManifest, new_run_id
 
 logger = logging.getLogger(__name__)
 
 
 class BatchCollator:
-    """Samples -> SampleList, tagged with the dataset's name and split (as MMF).
-    An item that is a list of samples (a video's clips) adds each of them."""
+    """Samples -> SampleList, tagged with the dataset's name and split (as MMF)."""
 
     def __init__(self, dataset_name: str, dataset_type: str):
         self.dataset_name, self.dataset_type = dataset_name, dataset_type
 
-    def __call__(self, items: list[Any]) -> SampleList:
-        samples = [sample for item in items for sample in (item if isinstance(item, list) else [item])]
+    def __call__(self, samples: list[Any]) -> SampleList:
         batch = SampleList(samples)
         batch.dataset_name, batch.dataset_type = self.dataset_name, self.dataset_type
         return batch
-
-
-class TimelineBatches(Dataset):
-    """The videos ``indices`` of a Charades dataset as their timelines
-    (``timeline_item``), the windows already collated into model batches of
-    ``batch_size``: for a DataLoader whose workers decode the next videos
-    while the model scores this one."""
-
-    def __init__(self, dataset: Any, indices: Iterable[int], collate: BatchCollator, batch_size: int):
-        self.dataset, self.indices, self.collate, self.batch_size = dataset, list(indices), collate, batch_size
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, position: int) -> tuple[list[SampleList], list[int], Tensor]:
-        windows, window_of, point_targets = self.dataset.timeline_item(self.indices[position])
-        batches = [self.collate(windows[first:first + self.batch_size])
-                   for first in range(0, len(windows), self.batch_size)]
-        return batches, window_of, point_targets
-
-
-def as_it_is(item: Any) -> Any:
-    """The collate function of a DataLoader with ``batch_size=None`` whose items are ready."""
-    return item
 
 
 class MMFTrainer:
@@ -96,6 +69,8 @@ class MMFTrainer:
         self.run_logging: RunLogging | None = None
         self.metrics_logger: MetricsLogger | None = None
         self.tensorboard: TensorboardLogger | None = None
+        self.run_id = new_run_id()
+        self.inference_files: dict[str, str] = {}
 
     # ------------------------------------------------------------------ set-up
 
@@ -159,18 +134,15 @@ class MMFTrainer:
             if len(dataset) == 0:
                 raise ConfigError(f"the {split} split of {self.dataset_name} has no videos; check env.data_dir "
                                   f"(now {self.config.env.data_dir})")
-        first = next(iter(self.datasets.values()))
         if self.is_main:
-            if hasattr(first.text_processor, "save_vocabulary"):
-                first.text_processor.save_vocabulary(self.save_dir)
-            self.write_class_list(first.classes)
+            # what a served model needs besides its weights and config: the class list, the vocabulary
+            self.inference_files = next(iter(self.datasets.values())).inference_files(self.save_dir)
 
-    def write_class_list(self, classes: list[str]) -> None:
-        """``<dataset>_action_labels.csv``: the class list in the labels-CSV format
-        the serving handler reads (one row per class, so none is missing), so
-        that ``save/`` holds everything the archive needs."""
-        rows = pd.DataFrame({"action_labels": [[name] for name in classes]})
-        write_action_labels_csv(rows, self.save_dir / f"{self.dataset_name}_action_labels.csv")
+    def write_manifest(self) -> None:
+        """``save/manifest.json``: the run's files for serving, by role, with their digests."""
+        files = {"weights": Path(self.checkpoint.final_path).name, "config": "config.yaml", **self.inference_files}
+        paths = {role: self.save_dir / name for role, name in files.items()}
+        RunManifest.of_files(self.run_id, self.config.model, self.dataset_name, paths).write(self.save_dir)
 
     def load_model_and_optimizer(self) -> None:
         self.model = build_model(self.config).to(self.device)
@@ -228,6 +200,8 @@ class MMFTrainer:
             torch.autograd.set_detect_anomaly(anomaly_before)
             self.progress.close()
         self.checkpoint.finalize()
+        if self.is_main:
+            self.write_manifest()
 
     def run_training_epoch(self, loader: DataLoader, update_frequency: int) -> bool:
         """One pass over the training data, in updates of ``update_frequency``
@@ -324,7 +298,9 @@ class MMFTrainer:
         values["train/total_loss"] = sum(values.values())
         if outputs:
             scores, targets = (torch.cat(parts) for parts in zip(*outputs, strict=True))
-            values.update(self.compute_metrics("train", scores, targets, reduce=True))
+            entries = {"scores": scores, "targets": targets,
+                       "prediction_threshold": self.datasets["train"].prediction_threshold}
+            values.update(self.compute_metrics("train", entries, reduce=True))
         elapsed = time.time() - self.window.started
         ups = self.window.updates / max(elapsed, 1e-9)
         info = {"progress": f"{self.num_updates}/{self.max_updates}",
@@ -364,115 +340,60 @@ class MMFTrainer:
         return stop
 
     def evaluate(self, split: str, write_predictions: bool = False) -> dict[str, float]:
-        """The split's losses (from the model's own losses) and metrics; with
-        ``write_predictions``, also MMF's prediction file."""
-        loss_sums, samples, ids, scores, targets = self.evaluation_loop(split)
-        report = {key: total / samples for key, total in loss_sums.items()}
+        """The split's losses (from the model's own losses) and metrics, each
+        computed from the report entries it requires, which the dataset's
+        evaluation sets provide; with ``write_predictions``, also MMF's
+        prediction file."""
+        entries, losses = self.evaluation_report(split)
+        report = losses.means()
         report[f"{split}/total_loss"] = sum(report.values())
-        report.update(self.compute_metrics(split, scores, targets))
-        report.update(self.time_point_metrics(split))
+        report.update(self.compute_metrics(split, entries))
+        report[f"{split}/{self.dataset_name}/unreadable_videos"] = float(entries.get("unreadable_videos", 0))
         log_progress(logger, {"update": self.num_updates, "split": split,
                               **{key: f"{value:.4f}" for key, value in report.items()}},
                      self.training_config.log_format)
         self.log_scalars(report)
         if write_predictions and self.is_main:
-            predictions = self.datasets[split].format_for_prediction(ids, scores)
+            predictions = self.datasets[split].format_for_prediction(entries["ids"], entries["scores"])
             path = test_reporter.write_predictions(self.config, self.dataset_name, split, predictions)
             logger.info("wrote %d predictions to %s", len(predictions), path.resolve())
         return report
 
-    @torch.inference_mode()
-    def evaluation_loop(self, split: str) -> tuple[dict[str, float], int, list[Any], Tensor, Tensor]:
-        """Loss sums, sample count, and every video's scores and targets (each once),
-        gathered from every process. With ``evaluation.use_cpu`` the outputs
-        are kept on the CPU, else on the training device."""
-        model = self.unwrapped_model
-        model.eval()
-        keep_on = torch.device("cpu") if self.config.evaluation.use_cpu else self.device
-        loss_sums: dict[str, float] = {}
-        ids: list[Any] = []
-        scores, targets = [], []
-        for batch in tqdm(self.dataloader(split, shuffle=False), desc=f"evaluating {split}", unit="batch",
-                          disable=not (self.is_main and sys.stderr.isatty()), leave=False):
-            batch = batch.to(self.device, non_blocking=True)
-            with self.autocast():
-                output = model(batch)
-            for key, value in output["losses"].items():
-                loss_sums[key] = loss_sums.get(key, 0.0) + float(value.mean()) * len(batch.id)
-            ids += list(batch.id)
-            scores.append(output["scores"].float().to(keep_on))
-            targets.append(batch.targets.float().to(keep_on))
-        local = (loss_sums, len(ids), ids, torch.cat(scores).cpu(), torch.cat(targets).cpu())
-        pooling = getattr(self.datasets[split], "clip_pooling", "max")
-        return self._merge(distributed.all_gather_objects(local), keep_on, pooling)
-
-    @staticmethod
-    def _merge(parts: list[tuple], device: torch.device,
-               pooling: str) -> tuple[dict[str, float], int, list[Any], Tensor, Tensor]:
-        """Every process's losses and outputs together, one row per video: its clips'
-        scores pooled (``pooling``: max or mean of the probabilities), each clip once."""
-        loss_sums: dict[str, float] = {}
-        clips: dict[Any, dict[int, Tensor]] = {}
-        targets: dict[Any, Tensor] = {}
-        samples = 0
-        for part_sums, part_samples, part_ids, part_scores, part_targets in parts:
-            for key, value in part_sums.items():
-                loss_sums[key] = loss_sums.get(key, 0.0) + value
-            samples += part_samples
-            seen: dict[Any, int] = {}
-            for index, item_id in enumerate(part_ids):
-                # a video's clips come in order; the distributed sampler repeats a few videos
-                clip = seen[item_id] = seen.get(item_id, -1) + 1
-                clips.setdefault(item_id, {}).setdefault(clip, part_scores[index])
-                targets.setdefault(item_id, part_targets[index])
-        ids = list(clips)
-        scores = torch.stack([pool_scores(torch.stack(list(clips[i].values())), pooling) for i in ids]).to(device)
-        return loss_sums, samples, ids, scores, torch.stack([targets[i] for i in ids]).to(device)
-
-    def compute_metrics(self, split: str, scores: Tensor, targets: Tensor, reduce: bool = False) -> dict[str, float]:
-        """``<split>/<dataset>/<metric key>`` of every metric; ``reduce`` averages
-        each process's value (for the training batches, which differ per process)."""
-        values = {}
-        for key, metric in self.metrics.items():
-            if metric.on_time_points:
-                continue
-            value = torch.tensor(float(metric(scores, targets)), device=self.device)
-            values[f"{split}/{self.dataset_name}/{key}"] = float(distributed.reduce_mean(value) if reduce else value)
-        return values
-
-    def time_point_metrics(self, split: str) -> dict[str, float]:
-        """The metrics scored on time points (Charades' localization): the
-        split's videos through the timeline, each time point scored by its window."""
-        metrics = {key: metric for key, metric in self.metrics.items() if metric.on_time_points}
-        if not metrics:
-            return {}
-        scores, targets = self.time_point_loop(split)
-        return {f"{split}/{self.dataset_name}/{key}": float(metric(scores, targets)) for key, metric in metrics.items()}
-
-    @torch.inference_mode()
-    def time_point_loop(self, split: str) -> tuple[Tensor, Tensor]:
-        """(time points, classes) scores and targets of every video of ``split``,
-        each process taking its share of the videos, decoded by the split's
-        DataLoader settings (``num_workers``, ...)."""
-        dataset, model = self.datasets[split], self.unwrapped_model
-        model.eval()
-        mine = range(distributed.get_rank(), len(dataset), distributed.get_world_size())
+    def evaluation_report(self, split: str) -> tuple[dict[str, Any], LossSums]:
+        """Every report entry the metrics require (and the video-level scores,
+        which the losses and the predictions come from), from the dataset's
+        evaluation sets, and the model's losses."""
+        required = {name for metric in self.metrics.values() for name in metric.required_params}
+        entries: dict[str, Any] = {}
+        losses = LossSums()
         options = dataloader_options(self.config.dataset_config[self.dataset_name], self.training_config,
                                      self.device)
-        # one pass: no workers kept for later
-        loader = DataLoader(TimelineBatches(dataset, mine, BatchCollator(self.dataset_name, split), self.batch_size),
-                            batch_size=None, collate_fn=as_it_is, **{**options, "persistent_workers": False})
-        scores, targets = [], []
-        for batches, window_of, point_targets in tqdm(loader, desc=f"timelines of {split}", unit="video",
-                                                      leave=False, disable=not (self.is_main and sys.stderr.isatty())):
-            window_scores = []
-            for batch in batches:
-                with self.autocast():
-                    window_scores.append(model(batch.to(self.device, non_blocking=True))["scores"].float())
-            scores.append(torch.cat(window_scores).cpu()[window_of])
-            targets.append(point_targets)
-        parts = distributed.all_gather_objects((torch.cat(scores), torch.cat(targets)))
-        return torch.cat([part[0] for part in parts]), torch.cat([part[1] for part in parts])
+        for evaluation_set in self.datasets[split].evaluation_sets().values():
+            if not (evaluation_set.with_losses or required & set(evaluation_set.provides)):
+                continue
+            provided, set_losses = evaluate_set(self.unwrapped_model, evaluation_set, self.dataset_name, split,
+                                                self.batch_size, self.device, options, self.autocast)
+            entries.update(provided)
+            losses = losses.merged([set_losses])
+        missing = required - set(entries)
+        if missing:
+            raise ConfigError(f"evaluation.metrics need {sorted(missing)}, which the {self.dataset_name} dataset "
+                              "does not provide")
+        return entries, losses
+
+    def compute_metrics(self, split: str, entries: dict[str, Any], reduce: bool = False) -> dict[str, float]:
+        """``<split>/<dataset>/<metric key>`` of every metric whose entries ``entries``
+        holds; ``reduce`` averages each process's value (for the training batches,
+        which differ per process)."""
+        keep_on = torch.device("cpu") if self.config.evaluation.use_cpu else self.device
+        entries = {key: value.to(keep_on) if isinstance(value, Tensor) else value for key, value in entries.items()}
+        values = {}
+        for key, metric in self.metrics.items():
+            if not set(metric.required_params) <= set(entries):
+                continue
+            value = torch.tensor(float(metric(entries)), device=self.device)
+            values[f"{split}/{self.dataset_name}/{key}"] = float(distributed.reduce_mean(value) if reduce else value)
+        return values
 
     # --------------------------------------------------------------------- run
 
@@ -502,13 +423,6 @@ class MMFTrainer:
         if self.run_logging is not None:
             self.run_logging.close()
         distributed.shutdown(wait=completed)
-
-
-def pool_scores(clip_scores: Tensor, pooling: str) -> Tensor:
-    """One video's scores (logits) from its clips', pooled as serving pools them."""
-    if len(clip_scores) == 1:
-        return clip_scores[0]
-    return torch.logit(pool_clips(torch.sigmoid(clip_scores.float()), pooling), eps=1e-7)
 
 
 class _LossWindow:

@@ -11,7 +11,6 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from minimmf.common.registry import registry
-from minimmf.common.sample import SampleList
 from minimmf.utils.configuration import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -43,16 +42,21 @@ def build_encoder(config: Any) -> nn.Module:
     return encoder_class(params)
 
 
+def build_processor(config: DictConfig, *args: Any, **kwargs: Any) -> Any:
+    """The processor registered under ``config.type``, built with ``config.params``."""
+    if "type" not in config:
+        raise AttributeError("a processor config needs a 'type' naming the processor")
+    processor_class = registry.require("processor", config.type)
+    params = config.get("params", None)
+    return processor_class(params if params is not None else OmegaConf.create({}), *args, **kwargs)
+
+
 def build_processors(processors_config: DictConfig, **extra: Any) -> dict[str, Any]:
     """Build every processor in ``dataset_config.<name>.processors``."""
-    from minimmf.datasets.processors.processors import Processor
     from minimmf.utils.env import setup_imports
 
     setup_imports()
-    return {
-        name: Processor(processor_config, **extra)
-        for name, processor_config in processors_config.items()
-    }
+    return {name: build_processor(processor_config, **extra) for name, processor_config in processors_config.items()}
 
 
 def build_dataset(dataset_key: str, config: Any = None, dataset_type: str = "train") -> Dataset:
@@ -137,23 +141,3 @@ def build_scheduler(optimizer: Any, config: DictConfig) -> Any:
     scheduler_type = scheduler_config.get("type")
     scheduler_fn = registry.require("scheduler", scheduler_type)
     return scheduler_fn(optimizer, **dict(scheduler_config.get("params", None) or {}))
-
-
-def random_sample_list(batch_size: int, frames: int, crop: int, audio: int, seq_len: int = 128,
-                       seed: int = 0) -> SampleList:
-    """Charades MMFTransformer inputs of the right shapes and types, with
-    random content and varied text lengths (for benchmarks and tests)."""
-    generator = torch.Generator().manual_seed(seed)
-    input_mask = torch.zeros(batch_size, seq_len, dtype=torch.long)
-    for row in range(batch_size):
-        input_mask[row, : min(seq_len, 5 + 7 * row)] = 1
-    input_ids = torch.randint(1000, 30000, (batch_size, seq_len), generator=generator) * input_mask
-    return SampleList({
-        "input_ids": input_ids,
-        "input_mask": input_mask,
-        "segment_ids": torch.zeros(batch_size, seq_len, dtype=torch.long),
-        "video": torch.randn(batch_size, 3, frames, crop, crop, generator=generator),
-        "audio": torch.rand(batch_size, 1, audio, audio, generator=generator),
-        "dataset_name": "charades",
-        "dataset_type": "test",
-    })

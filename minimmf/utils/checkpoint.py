@@ -27,6 +27,11 @@ logger = logging.getLogger(__name__)
 _OPTIONAL_BUFFERS = ("backend.transformer.embeddings.position_ids",)
 
 
+def final_weights_name(model: str) -> str:
+    """MMF's name for a run's final weights (the best model's plain state dict)."""
+    return f"{model}_final.pth"
+
+
 class CheckpointMismatchError(RuntimeError):
     """The checkpoint's keys or shapes do not fit the model built from the config."""
 
@@ -230,11 +235,11 @@ class Checkpoint:
         self.models_dir = self.save_dir / "models"
         self.best_state: dict[str, torch.Tensor] | None = None
         save_git = self.config.checkpoint.save_git_details and trainer.is_main
-        self.git_fields = git_details(get_minimmf_root().parent) if save_git else {}
+        self.git_fields = git_details(get_minimmf_root()) if save_git else {}
 
     @property
     def final_path(self) -> str:
-        return os.path.join(self.save_dir, f"{self.config.model}_final.pth")
+        return os.path.join(self.save_dir, final_weights_name(self.config.model))
 
     def _model_state(self) -> dict[str, torch.Tensor]:
         return self.trainer.unwrapped_model.state_dict()

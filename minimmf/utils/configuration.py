@@ -53,10 +53,11 @@ def load_yaml(path: str | os.PathLike) -> DictConfig:
 
 def find_config_file(path: str | os.PathLike, user_dir: str | None = None) -> Path:
     """``path`` as MMF resolves it: as given (absolute or from the current
-    directory), then inside ``user_dir``, then from the repository root and
-    from the package (so the documented commands work from any directory)."""
+    directory), then inside ``user_dir``, then from the package, which holds
+    the projects' configs (``projects/...``, shipped in the wheel as MMF ships
+    its own), so the documented commands work from any directory."""
     given = Path(path)
-    roots = [Path.cwd(), *([Path(user_dir)] if user_dir else []), get_minimmf_root().parent, get_minimmf_root()]
+    roots = [Path.cwd(), *([Path(user_dir)] if user_dir else []), get_minimmf_root()]
     candidates = [given] if given.is_absolute() else [root / given for root in roots]
     for candidate in candidates:
         if candidate.is_file():
@@ -228,3 +229,27 @@ def decode_value(value: str) -> Any:
     if isinstance(decoded, collections.abc.Set):
         return value
     return decoded
+
+
+RUN_TYPES = ("train", "val", "test", "inference")
+
+
+def parse_run_type(run_type: str) -> set[str]:
+    """``train_val`` -> {"train", "val"}; ``inference`` means val and test."""
+    parts = set(str(run_type).split("_"))
+    unknown = parts - set(RUN_TYPES)
+    if not parts or unknown:
+        raise ConfigError(f"run_type={run_type!r}: unknown part(s) {sorted(unknown)}; use train, val, test "
+                          "or an _-joined combination such as train_val")
+    if "inference" in parts:
+        parts = (parts - {"inference"}) | {"val", "test"}
+    return parts
+
+
+def splits_to_load(run_types: set[str]) -> list[str]:
+    """The dataset splits a run reads: training also evaluates on val."""
+    return sorted(run_types | {"val"} if "train" in run_types else run_types)
+
+
+def dataset_names(config: DictConfig) -> list[str]:
+    return [name for name in str(config.datasets).split(",") if name]

@@ -14,7 +14,8 @@ import torch
 from minimmf.utils.configuration import ConfigError
 from minimmf.utils.general import get_minimmf_root
 
-# modules whose import registers models, encoders, processors, datasets, ...
+# modules whose import registers models, encoders, processors, ...; each dataset's
+# builder (datasets/builders/<name>/builder.py) is found on disk, as MMF finds them
 _REGISTERING_MODULES = (
     "minimmf.modules.encoders",
     "minimmf.modules.losses",
@@ -25,14 +26,18 @@ _REGISTERING_MODULES = (
     "minimmf.models.transformers.heads.mlp",
     "minimmf.models.mmf_transformer",
     "minimmf.datasets.processors",
-    "minimmf.datasets.builders.charades.builder",
 )
+
+
+def _builder_modules() -> list[str]:
+    builders = get_minimmf_root() / "datasets" / "builders"
+    return sorted(f"minimmf.datasets.builders.{path.parent.name}.builder" for path in builders.glob("*/builder.py"))
 
 
 def setup_imports() -> None:
     """Import every module that registers a component, so that configs can
     name them. Idempotent and cheap after the first call."""
-    for module in _REGISTERING_MODULES:
+    for module in (*_REGISTERING_MODULES, *_builder_modules()):
         importlib.import_module(module)
 
 
@@ -56,8 +61,7 @@ def import_user_dir(user_dir: str | os.PathLike | None) -> None:
     """Import ``env.user_dir`` (a package directory or a .py file) once, so that
     the components it registers can be named in configs, as MMF does.
 
-    A relative path is looked up from the current directory, then from the
-    repository root.
+    A relative path is looked up from the current directory.
     """
     if not user_dir:
         return
@@ -82,10 +86,8 @@ def import_user_dir(user_dir: str | os.PathLike | None) -> None:
 
 
 def _find_user_dir(user_dir: Path) -> Path:
-    roots = [Path.cwd(), get_minimmf_root().parent]
-    candidates = [user_dir] if user_dir.is_absolute() else [root / user_dir for root in roots]
-    for candidate in candidates:
-        if (candidate / "__init__.py").is_file() or (candidate.suffix == ".py" and candidate.is_file()):
-            return candidate.resolve()
+    candidate = user_dir if user_dir.is_absolute() else Path.cwd() / user_dir
+    if (candidate / "__init__.py").is_file() or (candidate.suffix == ".py" and candidate.is_file()):
+        return candidate.resolve()
     raise ConfigError(f"env.user_dir={user_dir}: not a package directory (with an __init__.py) nor a .py file "
-                      f"(looked in {', '.join(str(c) for c in candidates)})")
+                      f"(looked for {candidate})")

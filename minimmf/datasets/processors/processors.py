@@ -7,9 +7,10 @@ import logging
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from minimmf.common.registry import registry
+from minimmf.utils.build import build_processor
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +30,7 @@ class Processor:
     the built processor's attributes are reachable through the wrapper."""
 
     def __init__(self, config: DictConfig, *args: Any, **kwargs: Any):
-        if "type" not in config:
-            raise AttributeError("a processor config needs a 'type' naming the processor")
-        processor_class = registry.require("processor", config.type)
-        params = config.get("params", None)
-        if params is None:
-            params = OmegaConf.create({})
-        self.processor = processor_class(params, *args, **kwargs)
+        self.processor = build_processor(config, *args, **kwargs)
 
     def __call__(self, item: Any, *args: Any, **kwargs: Any) -> Any:
         return self.processor(item, *args, **kwargs)

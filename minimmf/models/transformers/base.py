@@ -3,9 +3,11 @@ encoder layers), one encoder per modality, and a list of heads."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
-from omegaconf import OmegaConf
+import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from minimmf.common.registry import registry
@@ -18,7 +20,51 @@ class BaseTransformer(BaseModel):
         self.build_backend()
         self.build_encoders()
         self.build_heads()
+        self.build_losses()
         self.init_weights()
+
+    @classmethod
+    def config_for_inference(cls, config: DictConfig) -> DictConfig:
+        """The encoders start without pretrained weights: the archive has them all, nothing is fetched."""
+        config = config.copy()
+        for modality in config.get("modalities", []):
+            params = (modality.get("encoder") or {}).get("params")
+            if params is not None and params.get("pretrained"):
+                params.pretrained = False
+        return config
+
+    @property
+    def num_labels(self) -> int:
+        """The labels of the first head that has them (the one that gives ``scores``)."""
+        for head in self.heads:
+            if hasattr(head, "num_labels"):
+                return int(head.num_labels)
+        raise NotImplementedError(f"no head of {type(self).__name__} says how many labels it scores")
+
+    def describe(self) -> dict[str, Any]:
+        transformer = self.backend.transformer_config
+        return {
+            **super().describe(),
+            "transformer_base": self.config.get("transformer_base"),
+            "hidden_size": transformer.hidden_size,
+            "num_hidden_layers": transformer.num_hidden_layers,
+            "modalities": [{"key": m.key, "type": m.type, "encoder": (m.get("encoder") or {}).get("type", "identity")}
+                           for m in self.config.modalities],
+        }
+
+    def prepare_for_inference(self, channels_last: bool = True, quantize: bool = False) -> BaseTransformer:
+        """As ``BaseModel``'s; ``quantize``: dynamic int8 quantization of the
+        transformer's linear layers (CPU kernels)."""
+        super().prepare_for_inference(channels_last)
+        if quantize:
+            with warnings.catch_warnings():
+                # torch.ao.quantization is deprecated in favour of torchao, which this stack does not pin
+                warnings.filterwarnings("ignore", message=".*deprecated.*")
+                from torch.ao.quantization import quantize_dynamic
+
+                self.backend.transformer = quantize_dynamic(self.backend.transformer, {nn.Linear},
+                                                            dtype=torch.qint8)
+        return self
 
     def build_backend(self) -> None:
         backend_config = self.config.get("backend", None) or {}
@@ -30,6 +76,9 @@ class BaseTransformer(BaseModel):
 
     def build_encoders(self) -> None:
         pass
+
+    def build_losses(self) -> None:
+        """A hook for models whose losses need building with the model (MMF's)."""
 
     def build_heads(self) -> None:
         self.heads = nn.ModuleList()

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from minimmf.datasets.builders.charades.video_clips import ClipPlan, DecodedClip, VideoSource
+from minimmf.datasets.video_clips import ClipPlan, DecodedClip, VideoSource
 from minimmf.utils.file_io import atomic_save
 
 logger = logging.getLogger(__name__)

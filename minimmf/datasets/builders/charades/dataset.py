@@ -1,22 +1,32 @@
 """The Charades dataset: one sample per video (in evaluation with
-``eval_clips`` > 1, one per clip), with its 16-frame clip (or
+``clips`` > 1, one per clip), with its 16-frame clip (or
 ``frames_per_clip``), its audio, its script and its multi-hot actions."""
 
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
 from minimmf.common.sample import Sample
-from minimmf.datasets.builders.charades._utils import CharadesLayout, parse_action_intervals, read_classes_file
 from minimmf.datasets.builders.charades.clip_cache import ClipCache
-from minimmf.datasets.builders.charades.video_clips import (
+from minimmf.datasets.builders.charades.config_checks import with_current_names
+from minimmf.datasets.builders.charades.evaluation import TimePointScores, VideoScores
+from minimmf.datasets.builders.charades.layout import (
+    CharadesLayout,
+    parse_action_intervals,
+    read_classes_file,
+    write_action_labels_csv,
+)
+from minimmf.datasets.evaluation import EvaluationSet
+from minimmf.datasets.video_clips import (
     UNBOUNDED,
     ClipPlan,
     DecodedClip,
@@ -28,7 +38,7 @@ from minimmf.datasets.builders.charades.video_clips import (
     VideoSource,
     decode_clips,
 )
-from minimmf.serving.answers import labels_above
+from minimmf.modules.predictions import check_pooling, labels_above
 from minimmf.utils.build import build_processors
 
 logger = logging.getLogger(__name__)
@@ -128,17 +138,17 @@ class CharadesDataset(Dataset):
         self.classes = sorted(self.id_to_name.values())
         self.idx_to_class = self.classes
         self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
-        self.df = self.layout.read_split(dataset_type)
+        # evaluation keeps videos missing from the disk (scored as the devkit scores them); training skips them
+        self.df = self.layout.read_split(dataset_type, require_videos=dataset_type == "train")
         # evaluation: clips pooled per video (1: MMF's one clip), and the timeline localization is scored on
-        self.eval_clips = int(config.get("eval_clips", 1))
-        self.clip_pooling = str(config.get("clip_pooling", "max"))
-        self.localization = config.get("localization", None) or {}
-        self.pooled = dataset_type != "train" and self.eval_clips > 1
-        self.item_plan = (SpreadClips(self.eval_clips, self.frames_per_clip) if self.pooled
-                          else MMFClip(self.frames_per_clip))
-        self.timeline_plan = TimelineWindows(float(self.localization.get("segment_seconds", 1.0)),
-                                             int(self.localization.get("max_segments", 64)), self.frames_per_clip)
-        self.time_points = int(self.localization.get("time_points", 25))
+        current = with_current_names(config, warn=False)
+        self.clips = int(current.get("clips", 1))
+        self.clip_pooling = check_pooling(str(current.get("clip_pooling", "max")))
+        self.pooled = dataset_type != "train" and self.clips > 1
+        self.item_plan = SpreadClips(self.clips, self.frames_per_clip) if self.pooled else MMFClip(self.frames_per_clip)
+        self.timeline_plan = TimelineWindows(float(current.get("segment_seconds", 1.0)),
+                                             int(current.get("max_segments", 64)), self.frames_per_clip)
+        self.time_points = int((current.get("localization", None) or {}).get("time_points", 25))
         self.init_processors()
 
     def init_processors(self) -> None:
@@ -176,7 +186,7 @@ class CharadesDataset(Dataset):
         return one_hot
 
     def __getitem__(self, idx: int) -> Sample | list[Sample]:
-        """The video's sample; in evaluation with ``eval_clips`` > 1, one per clip (the same id)."""
+        """The video's sample; in evaluation with ``clips`` > 1, one per clip (the same id)."""
         samples, _ = self._samples(idx, self.item_plan)
         return samples if self.pooled else samples[0]
 
@@ -197,25 +207,52 @@ class CharadesDataset(Dataset):
             samples.append(sample)
         return samples, clips
 
+    def video_length(self, idx: int) -> float | None:
+        """The video's length in seconds as its annotations give it (None: not given)."""
+        length = str(self.df.iloc[idx].get("length", "")).strip()
+        return float(length) if length else None
+
+    def time_points_of(self, idx: int, length: float) -> list[float]:
+        """Charades' localization time points: point j at (j / time_points) * length, in that order."""
+        return [j / self.time_points * length for j in range(self.time_points)]
+
+    def time_point_targets(self, idx: int, times: list[float]) -> torch.Tensor:
+        """(time points, classes): the actions whose start and end (inclusive) hold each time point."""
+        actions = parse_action_intervals(self.df.iloc[idx]["actions"], self.id_to_name)
+        return torch.stack([self.targets_for([name for name, start, end in actions if start <= t <= end])
+                            for t in times])
+
     def timeline_item(self, idx: int) -> tuple[list[Sample], list[int], torch.Tensor]:
-        """For Charades' localization score: the video's timeline windows (``localization``:
-        ``segment_seconds``, ``max_segments``), its ``time_points`` equally spaced time points
-        (point j at j/time_points of its length), the window each falls in, and the actions at each."""
-        row = self.df.iloc[idx]
+        """For Charades' localization score: the video's timeline windows (``segment_seconds``,
+        ``max_segments``), the window each of its ``time_points`` falls in, and the actions at each."""
         # not cached: an entry would hold a clip per window (tens of clips per video)
         windows, clips = self._samples(idx, self.timeline_plan, cached=False)
         spans = [(clip.start, clip.end) for clip in clips]
-        points = self.time_points
-        length = float(row["length"]) if str(row.get("length", "")).strip() else spans[-1][1]
-        times = [j / points * length for j in range(points)]
+        length = self.video_length(idx)
+        times = self.time_points_of(idx, length if length is not None else spans[-1][1])
         window_of = [next((w for w, (_, end) in enumerate(spans) if t < end), len(spans) - 1) for t in times]
-        actions = parse_action_intervals(row["actions"], self.id_to_name)
-        targets = torch.stack([self.targets_for([name for name, start, end in actions if start <= t <= end])
-                               for t in times])
-        return windows, window_of, targets
+        return windows, window_of, self.time_point_targets(idx, times)
+
+    def evaluation_sets(self) -> dict[str, EvaluationSet]:
+        """The ways evaluation scores this split: whole videos and the localization time points."""
+        return {"videos": VideoScores(self), "time_points": TimePointScores(self)}
 
     def format_for_prediction(self, ids: list[Any], scores: torch.Tensor) -> list[dict[str, Any]]:
         """MMF's prediction format: the labels whose sigmoid reaches the threshold."""
-        probabilities = torch.sigmoid(scores.float())
+        probabilities = torch.sigmoid(scores.double())
         return [{"id": item_id, "labels": labels_above(row, self.classes, self.prediction_threshold)}
                 for item_id, row in zip(ids, probabilities, strict=True)]
+
+    def inference_files(self, folder: str | os.PathLike) -> dict[str, str]:
+        """Write what a served model needs besides its weights and config into
+        ``folder``: the class list (in the labels-CSV format the handler reads,
+        one row per class so that none is missing) and the tokenizer vocabulary.
+        Returns them by role (``labels``, ``vocabulary``) as file names."""
+        folder = Path(folder)
+        labels = folder / f"{self.dataset_name}_action_labels.csv"
+        write_action_labels_csv(pd.DataFrame({"action_labels": [[name] for name in self.classes]}), labels)
+        files = {"labels": labels.name}
+        if hasattr(self.text_processor, "save_vocabulary"):
+            files["vocabulary"] = Path(self.text_processor.save_vocabulary(folder)).name
+        return files
+

@@ -127,7 +127,8 @@ class HuggingfaceEmbeddings(nn.Module):
         mean_row = bert.token_type_embeddings.weight.mean(dim=0)
         for idx in range(known_rows, len(self.model_config.modalities)):
             noise = torch.normal(
-                self.model_config.token_noise_mean, self.model_config.token_noise_std, size=mean_row.size()
+                self.model_config.token_noise_mean, self.model_config.token_noise_std, size=mean_row.size(),
+                device=mean_row.device,
             )
             self.token_type_embeddings.weight[idx].copy_(mean_row + noise)
 

@@ -13,25 +13,27 @@ this model (in MMF either), so that nothing is ignored silently.
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from minimmf.common.registry import registry
 from minimmf.common.test_reporter import REQUIRED_CANDIDATE_FIELDS
-from minimmf.datasets.builders.charades._utils import read_classes_file
-from minimmf.datasets.builders.charades.clip_cache import DTYPES as CLIP_CACHE_DTYPES
 from minimmf.modules.losses import loss_name
 from minimmf.modules.metrics import build_metrics
 from minimmf.utils import distributed
 from minimmf.utils.checkpoint import checkpoint_to_load
-from minimmf.utils.configuration import ConfigError, load_yaml
+from minimmf.utils.configuration import (
+    ConfigError,
+    dataset_names,
+    load_yaml,
+    parse_run_type,
+    splits_to_load,
+)
 from minimmf.utils.early_stopping import check_criteria
 from minimmf.utils.general import get_minimmf_root
 from minimmf.utils.logger import LOG_FORMATS, LOG_LEVELS
-
-RUN_TYPES = ("train", "val", "test", "inference")
 
 _POSITIVE_INTS = ("training.batch_size", "training.max_updates", "training.log_interval",
                   "training.evaluation_interval", "training.checkpoint_interval", "training.update_frequency")
@@ -83,23 +85,6 @@ _NO_EFFECT = {
 }
 
 
-def parse_run_type(run_type: str) -> set[str]:
-    """``train_val`` -> {"train", "val"}; ``inference`` means val and test."""
-    parts = set(str(run_type).split("_"))
-    unknown = parts - set(RUN_TYPES)
-    if not parts or unknown:
-        raise ConfigError(f"run_type={run_type!r}: unknown part(s) {sorted(unknown)}; use train, val, test "
-                          "or an _-joined combination such as train_val")
-    if "inference" in parts:
-        parts = (parts - {"inference"}) | {"val", "test"}
-    return parts
-
-
-def splits_to_load(run_types: set[str]) -> list[str]:
-    """The dataset splits a run reads: training also evaluates on val."""
-    return sorted(run_types | {"val"} if "train" in run_types else run_types)
-
-
 def check_config(config: DictConfig) -> None:
     """Raise a ``ConfigError`` naming the key for any value the run cannot use."""
     if not config.get("config"):
@@ -112,6 +97,8 @@ def check_config(config: DictConfig) -> None:
     if len(dataset_names(config)) != 1:
         raise ConfigError(f"datasets={config.datasets!r}: minimmf trains on one dataset at a time "
                           "(MMF's multitasking over several is not part of it)")
+    name = dataset_names(config)[0]
+    dataset_builder(config).check_config(config.dataset_config[name], f"dataset_config.{name}")
     if config.training.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("training.tensorboard=true needs the tensorboard package: pip install tensorboard")
     if "train" in run_types:
@@ -148,26 +135,11 @@ def _check_numbers(config: DictConfig) -> None:
     prefetch = training.get("prefetch_factor", None)
     if prefetch is not None and not _is_int(prefetch, 1):
         raise ConfigError(f"training.prefetch_factor={prefetch!r}: expected null or an integer >= 1")
-    _check_clip_cache(config)
     if training.seed is not None and not _is_int(training.seed, -1):
         raise ConfigError(f"training.seed={training.seed!r}: expected an integer (-1 or null: pick one)")
     lr = _lookup(config, "optimizer.params.lr")
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
         raise ConfigError(f"optimizer.params.lr={lr!r}: expected a positive number")
-
-
-def _check_clip_cache(config: DictConfig) -> None:
-    for name in dataset_names(config):
-        dataset_config = config.dataset_config.get(name, None) or {}
-        prefix = f"dataset_config.{name}"
-        if not isinstance(dataset_config.get("cache_clips", False), bool):
-            raise ConfigError(f"{prefix}.cache_clips={dataset_config.cache_clips!r}: expected true or false")
-        dtype = dataset_config.get("clip_cache_dtype", "float32")
-        if dtype not in CLIP_CACHE_DTYPES:
-            raise ConfigError(f"{prefix}.clip_cache_dtype={dtype!r}: use float32 (exact) or uint8 (4x smaller, "
-                              "rounded to 1/255)")
-        if dataset_config.get("cache_clips", False) and not dataset_config.get("clip_cache_dir", None):
-            raise ConfigError(f"{prefix}.cache_clips=true needs {prefix}.clip_cache_dir (a folder)")
 
 
 def _check_choices(config: DictConfig) -> None:
@@ -212,10 +184,6 @@ def _check_processes_and_batch(config: DictConfig) -> None:
                           "training.batch_size_per_device")
 
 
-def dataset_names(config: DictConfig) -> list[str]:
-    return [name for name in str(config.datasets).split(",") if name]
-
-
 def validation_report_keys(config: DictConfig) -> list[str]:
     """The keys a validation report will have: the model's losses, their total
     and the metrics, as MMF names them."""
@@ -230,45 +198,27 @@ def validation_report_keys(config: DictConfig) -> list[str]:
     return keys + [f"val/{dataset}/{key}" for key, metric in metrics.items() if metric.applies_to(dataset)]
 
 
+def dataset_builder(config: DictConfig) -> Any:
+    """The builder class of the run's dataset (``datasets``), from the registry."""
+    return registry.require("builder", dataset_names(config)[0])
+
+
 def check_data(config: DictConfig) -> None:
-    """The files the run reads exist, and the model's heads fit the classes."""
+    """The checkpoint to start from exists, and the dataset's files are where its
+    config says, with as many classes as the model's head has labels."""
     checkpoint_to_load(config)
     name = dataset_names(config)[0]
-    dataset_config = config.dataset_config[name]
-    data_dir = Path(dataset_config.data_dir)
-    for relative in _dataset_files(dataset_config, splits_to_load(parse_run_type(config.run_type))):
-        if not (data_dir / relative).exists():
-            raise ConfigError(_missing_data_message(config, name, data_dir / relative))
-    if "classes_file" in dataset_config:
-        _check_heads(config, name, data_dir / dataset_config.classes_file)
+    num_labels, labels_key = _head_labels(config)
+    dataset_builder(config).check_data(config.dataset_config[name], splits_to_load(parse_run_type(config.run_type)),
+                                       num_labels, labels_key)
 
 
-def _dataset_files(dataset_config: DictConfig, splits: list[str]) -> list[str]:
-    files = [dataset_config.classes_file] if "classes_file" in dataset_config else []
-    for key in ("annotations", "videos"):
-        for split in splits:
-            files += list(dataset_config.get(key, {}).get(split, None) or [])
-    return files
-
-
-def _missing_data_message(config: DictConfig, name: str, missing: Path) -> str:
-    data_dir = config.env.data_dir
-    return (f"the {name} dataset is not where the config says: {missing} does not exist. It is read under "
-            f"dataset_config.{name}.data_dir={config.dataset_config[name].data_dir}, i.e. under env.data_dir "
-            f"(now {data_dir}; the MMF_DATA_DIR environment variable sets it too). Point env.data_dir at your "
-            f"copy of the data, or make the synthetic set there with: "
-            f"python {get_minimmf_root().parent / 'scripts' / 'make_synthetic_charades.py'} --out {data_dir}")
-
-
-def _check_heads(config: DictConfig, name: str, classes_file: Path) -> None:
-    num_classes = len(read_classes_file(classes_file))
-    heads = config.model_config[config.model].get("heads", None) or []
-    for index, head in enumerate(heads):
-        num_labels = head.get("num_labels", None)
-        if num_labels is not None and num_labels != num_classes:
-            key = f"model_config.{config.model}.heads[{index}].num_labels"
-            raise ConfigError(f"{key}={num_labels} but the {name} data has {num_classes} classes ({classes_file}); "
-                              f"set {key}={num_classes}")
+def _head_labels(config: DictConfig) -> tuple[int | None, str]:
+    """The labels the model's first head with ``num_labels`` scores, and its key."""
+    for index, head in enumerate(config.model_config[config.model].get("heads", None) or []):
+        if head.get("num_labels", None) is not None:
+            return int(head.num_labels), f"model_config.{config.model}.heads[{index}].num_labels"
+    return None, f"model_config.{config.model}.heads[0].num_labels"
 
 
 def config_warnings(config: DictConfig) -> list[str]:
@@ -280,6 +230,8 @@ def config_warnings(config: DictConfig) -> list[str]:
         value = _lookup(config, key)
         if value != OmegaConf.select(defaults, key, default=None):
             messages.append(f"{key}={_plain(value)!r} has no effect here: {why}")
+    name = dataset_names(config)[0]
+    messages += dataset_builder(config).check_config(config.dataset_config[name], f"dataset_config.{name}")
     if config.training.clip_gradients and config.training.max_grad_l2_norm is None:
         messages.append("training.clip_gradients=true without training.max_grad_l2_norm: nothing is clipped "
                         "(as in MMF); set training.max_grad_l2_norm")

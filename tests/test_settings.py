@@ -1,0 +1,72 @@
+"""The handler's settings: one declaration (HandlerSettings), from which
+model-config.yaml's handler: block and README's table are generated; the
+checks of each value, and the renamed settings."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import yaml
+
+from minimmf.serving.settings import HandlerSettings, SettingsError, markdown_table, yaml_section
+from tests.conftest import ROOT
+
+
+def test_model_config_holds_the_generated_handler_block():
+    shipped = (ROOT / "model-config.yaml").read_text()
+    assert yaml_section() in shipped, "regenerate it: python -m minimmf.serving.settings yaml"
+    assert HandlerSettings.from_model_yaml(yaml.safe_load(shipped)) == HandlerSettings()
+
+
+def test_readme_holds_the_generated_settings_table():
+    assert markdown_table() in (ROOT / "README.md").read_text(), \
+        "regenerate it: python -m minimmf.serving.settings markdown"
+
+
+def test_every_setting_is_described():
+    section = yaml.safe_load(yaml_section())["handler"]
+    assert list(section) == list(HandlerSettings.__dataclass_fields__)
+    for name, field in HandlerSettings.__dataclass_fields__.items():
+        assert field.metadata["doc"], name
+
+
+def test_values_are_typed():
+    settings = HandlerSettings.from_model_yaml({"handler": {"max_decode_seconds": 5, "prediction_threshold": 1}})
+    assert settings.max_decode_seconds == 5.0 and isinstance(settings.max_decode_seconds, float)
+    assert settings.prediction_threshold == 1.0
+    assert HandlerSettings.from_model_yaml(None) == HandlerSettings.from_model_yaml({"handler": None})
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"precision": "fp8"}, "handler.precision must be one of"),
+    ({"precision": "bf16", "quantize_bert": True}, "quantize_bert works with precision fp32 only"),
+    ({"top_k": "3"}, "handler.top_k must be an int"),
+    ({"top_k": True}, "handler.top_k must be an int"),
+    ({"top_k": -1}, "handler.top_k must be >= 0"),
+    ({"prediction_threshold": 1.5}, "must be a probability in [0, 1] or null"),
+    ({"channels_last": "yes"}, "handler.channels_last must be a bool"),
+    ({"clip_pooling": "median"}, "handler.clip_pooling must be one of"),
+    ({"segment_seconds": -1}, "handler.segment_seconds must be 0 (off)"),
+    ({"max_segments": None}, "handler.max_segments must not be null"),
+    ({"max_video_bytes": 0}, "handler.max_video_bytes must be > 0"),
+    ({"treshold": 0.3}, "unknown handler setting(s) ['treshold']"),
+])
+def test_bad_values_name_the_setting(section, message):
+    with pytest.raises(SettingsError) as error:
+        HandlerSettings.from_model_yaml({"handler": section})
+    assert message in str(error.value)
+
+
+def test_a_handler_section_must_be_a_mapping():
+    with pytest.raises(SettingsError, match="must be a mapping"):
+        HandlerSettings.from_model_yaml({"handler": [1, 2]})
+
+
+def test_the_old_threshold_name_still_works_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="minimmf"):
+        settings = HandlerSettings.from_model_yaml({"handler": {"threshold": 0.3}})
+    assert settings.prediction_threshold == 0.3
+    assert "handler.threshold is now called handler.prediction_threshold" in caplog.text
+    with pytest.raises(SettingsError, match="old name of handler.prediction_threshold"):
+        HandlerSettings.from_model_yaml({"handler": {"threshold": 0.3, "prediction_threshold": 0.4}})
