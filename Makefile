@@ -55,6 +55,7 @@ save/mmf_transformer_final.pth:
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # Re-pin constraints.txt to what .venv holds (after changing pyproject.toml and testing).
 constraints: install

@@ -16,9 +16,9 @@ request).
 
 The work is done by ``minimmf.serving`` (settings, request parsing, the
 predictor, answers); this file is the TorchServe glue. The archive holds the
-weights, ``config.yaml`` (the complete config mmf_run saved), the labels CSV
-and ``vocab.txt``; model-config.yaml's ``handler:`` section holds the
-settings (``minimmf.serving.settings.HandlerSettings``).
+weights, ``config.yaml`` (the complete config mmf_run saved), the class list,
+the vocabulary and ``manifest.json``, which names them; model-config.yaml's
+``handler:`` section holds the settings (``minimmf.serving.settings.HandlerSettings``).
 """
 
 from __future__ import annotations

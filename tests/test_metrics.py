@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -43,17 +45,19 @@ def test_average_precision_by_hand():
     assert average_precision(scores, torch.tensor([1.0, 0, 1, 0])) == pytest.approx((1 + 2 / 3) / 2)
 
 
-def test_map_averages_classes_with_positives_only():
+def test_a_class_without_positives_makes_map_nan_as_the_devkit():
     scores = logits([[0.9, 0.2, 0.5], [0.1, 0.8, 0.4], [0.6, 0.3, 0.3]])
     targets = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 1, 0]], dtype=torch.float)
     # class 0: AP 1; class 1: ranks 0.8(pos), 0.3(pos), 0.2(neg) -> 1; class 2 has no positive
-    assert registry.get_metric_class("map")(scores, targets) == pytest.approx(1.0)
-    targets[2] = torch.tensor([1.0, 0, 0])  # class 0: 0.9 pos, 0.6 pos -> AP 1; class 1: 0.8 pos -> 1
-    assert registry.get_metric_class("map")(scores, targets) == pytest.approx(1.0)
+    assert math.isnan(registry.get_metric_class("map")(scores, targets))
+    assert registry.get_metric_class("map")(scores, targets, skip_classes_without_positives=True) == 1.0
     # class 0: only 0.6 is positive (rank 2) -> 1/2; class 1: 0.8 (rank 1), 0.2 (rank 3) -> (1 + 2/3)/2
-    targets[0] = torch.tensor([0.0, 1, 0])
-    expected = (0.5 + (1 + 2 / 3) / 2) / 2
+    targets = torch.tensor([[0, 1, 0], [0, 1, 0], [1, 0, 1]], dtype=torch.float)
+    class_2 = 1 / 3  # its one positive, 0.3, ranks third
+    expected = (0.5 + (1 + 2 / 3) / 2 + class_2) / 3
     assert registry.get_metric_class("map")(scores, targets) == pytest.approx(expected)
+    weighted = (0.5 * 1 + (1 + 2 / 3) / 2 * 2 + class_2 * 1) / 4
+    assert registry.get_metric_class("wap")(scores, targets) == pytest.approx(weighted)
 
 
 def test_unknown_metric_is_an_error():

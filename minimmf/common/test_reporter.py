@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from minimmf.utils.file_io import atomic_write
+
 REPORT_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 # what the Charades predictions are made of; MMF's default candidate fields include both
 REQUIRED_CANDIDATE_FIELDS = ("id", "scores")
@@ -33,13 +35,18 @@ def predict_file_format(config: Any) -> str:
     return "csv" if "csv" in formats else "json"
 
 
-def write_predictions(config: Any, dataset_name: str, split: str, predictions: Sequence[Mapping[str, Any]]) -> Path:
+def prediction_stem(config: Any, dataset_name: str, split: str) -> str:
+    """``<dataset>_<experiment_name>_<split>_<time>``: the name of a split's prediction files."""
+    parts = [dataset_name, config.training.experiment_name, split, time.strftime(REPORT_TIME_FORMAT)]
+    return "_".join(part for part in parts if part)
+
+
+def write_predictions(config: Any, predictions: Sequence[Mapping[str, Any]], stem: str) -> Path:
     folder = report_folder(config)
     folder.mkdir(parents=True, exist_ok=True)
-    parts = [dataset_name, config.training.experiment_name, split, time.strftime(REPORT_TIME_FORMAT)]
     file_format = predict_file_format(config)
-    path = folder / ("_".join(part for part in parts if part) + f".{file_format}")
-    with open(path, "w", encoding="utf-8", newline="") as handle:
+    path = folder / f"{stem}.{file_format}"
+    with atomic_write(path, "w", encoding="utf-8", newline="") as handle:
         if file_format == "csv":
             writer = csv.DictWriter(handle, list(predictions[0]) if predictions else ["id"])
             writer.writeheader()

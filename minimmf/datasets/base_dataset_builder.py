@@ -59,11 +59,10 @@ class BaseDatasetBuilder:
         return []
 
     @classmethod
-    def check_data(cls, dataset_config: DictConfig, splits: Sequence[str], num_labels: int | None,
-                   labels_key: str) -> None:
+    def check_data(cls, config: DictConfig, splits: Sequence[str], num_labels: int | None, labels_key: str) -> None:
         """Raise a ``ConfigError`` when the files of ``splits`` are missing, or
         when the model's ``num_labels`` (set at ``labels_key``) is not the
-        dataset's number of classes."""
+        dataset's number of classes; ``config`` is the run's whole config."""
 
     @classmethod
     def config_for_inference(cls, dataset_config: DictConfig, vocabulary: Path | None) -> DictConfig:

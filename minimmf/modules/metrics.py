@@ -7,14 +7,20 @@ that a dataset can provide them (``minimmf.datasets.evaluation``).
 ``multilabel_micro_f1`` and ``multilabel_macro_f1`` predict a class when its
 sigmoid reaches the dataset's ``prediction_threshold`` (0.5, as MMF's rounding,
 and the rule of the prediction files and of serving, ``modules.predictions``);
-``map`` is Charades' standard mean average precision over the classes that
-have at least one positive (MMF's own ``ap`` metrics apply a softmax, which
-does not fit multi-label data).
-
-``localization_map`` is Charades' localization score: the same mean average
-precision over per-time-point predictions (25 equally spaced time points
-per video, each scored by the timeline window holding it, against the
-actions whose start/end hold it), from the dataset's ``time_point_*`` entries.
+``map``/``wap`` and ``localization_map``/``localization_wap`` are the
+numbers the official Charades devkit reports (``Charades_v1_classify.m``,
+``Charades_v1_localize.m``): per-class average precision on the scores as
+they are (logits: no saturated float32 probabilities, so no ties the model
+did not make), ties broken by row order (the split's file order), computed
+in float64; their plain mean, and their mean weighted by each class's
+positives. Classification scores the videos without actions -inf (the
+devkit gives them no scores, so they rank last); localization scores every time point (25 equally
+spaced per video, each scored by the timeline window holding it, against
+the actions whose start/end hold it), from the dataset's ``time_point_*``
+entries. A class without positives has no AP: NaN, which makes the mean NaN,
+as in the devkit (``params: {skip_classes_without_positives: true}`` leaves
+such classes out instead). MMF's own ``ap`` metrics apply a softmax, which
+does not fit multi-label data.
 
 ``evaluation.metrics`` lists names or MMF's dict form, ``{type, key, params,
 datasets}``: ``key`` renames the report entry, ``params`` go to the metric,
@@ -25,11 +31,13 @@ from __future__ import annotations
 
 import collections.abc
 import inspect
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -79,20 +87,62 @@ def multilabel_macro_f1(scores: Tensor, targets: Tensor, prediction_threshold: f
 
 
 def average_precision(class_scores: Tensor, class_targets: Tensor) -> float:
-    """Mean of the precision at the rank of each positive, ranks by descending score."""
-    order = torch.argsort(class_scores, descending=True, stable=True)
-    hits = class_targets[order].float()
-    precision_at_rank = hits.cumsum(0) / torch.arange(1, len(hits) + 1, dtype=torch.float32)
-    return float((precision_at_rank * hits).sum() / hits.sum())
+    """One class's average precision as the Charades devkit computes it
+    (``THUMOSeventclspr``): the rows ranked by descending score, equal scores
+    in row order, NaN last; the precision at each positive's rank, summed in
+    that order in float64, over the number of positives; NaN without positives."""
+    scores = class_scores.detach().double().cpu().numpy()
+    hits = class_targets.detach().cpu().numpy()[np.argsort(-scores, kind="stable")] > 0
+    positives = int(hits.sum())
+    if positives == 0:
+        return math.nan
+    ranks = np.flatnonzero(hits) + 1.0
+    total = 0.0
+    for precision in np.arange(1, positives + 1) / ranks:
+        total += float(precision)
+    return total / positives
+
+
+def class_average_precisions(scores: Tensor, targets: Tensor) -> tuple[list[float], list[int]]:
+    """Each class's average precision, and its number of positive rows."""
+    return ([average_precision(scores[:, c], targets[:, c]) for c in range(targets.size(1))],
+            [int((targets[:, c] > 0).sum()) for c in range(targets.size(1))])
+
+
+def _mean(values: list[float], skip_nan: bool) -> float:
+    kept = [value for value in values if not (skip_nan and math.isnan(value))]
+    return math.fsum(kept) / len(kept) if kept else math.nan
+
+
+def _weighted(values: list[float], weights: list[int], skip_nan: bool) -> float:
+    pairs = [(value, weight) for value, weight in zip(values, weights, strict=True)
+             if not (skip_nan and math.isnan(value))]
+    total = sum(weight for _, weight in pairs)
+    return math.fsum(value * weight for value, weight in pairs) / total if total else math.nan
+
+
+def _labelled_rows(scores: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """The rows as ``Charades_v1_classify.m`` scores them: a video without any action
+    gets no scores (-inf), whatever was submitted, so it ranks last, in row order."""
+    scores = scores.double().clone()
+    scores[targets.sum(dim=1) == 0] = -math.inf
+    return scores, targets
 
 
 @registry.register_metric("map")
-def mean_average_precision(scores: Tensor, targets: Tensor) -> float:
-    probabilities = torch.sigmoid(scores.float())
-    with_positives = [c for c in range(targets.size(1)) if targets[:, c].sum() > 0]
-    if not with_positives:
-        return 0.0
-    return sum(average_precision(probabilities[:, c], targets[:, c]) for c in with_positives) / len(with_positives)
+def mean_average_precision(scores: Tensor, targets: Tensor, skip_classes_without_positives: bool = False) -> float:
+    """Charades' classification mAP, as ``Charades_v1_classify.m``: the plain
+    mean of the classes' average precisions, videos without actions scored
+    -inf (NaN when a class has no positive, unless ``skip_classes_without_positives``)."""
+    aps, _ = class_average_precisions(*_labelled_rows(scores, targets))
+    return _mean(aps, skip_classes_without_positives)
+
+
+@registry.register_metric("wap")
+def weighted_average_precision(scores: Tensor, targets: Tensor,
+                               skip_classes_without_positives: bool = False) -> float:
+    """Charades' classification wAP: the classes' average precisions weighted by their positives."""
+    return _weighted(*class_average_precisions(*_labelled_rows(scores, targets)), skip_classes_without_positives)
 
 
 @dataclass
@@ -129,9 +179,19 @@ class ConfiguredMetric:
 
 @registry.register_metric("localization_map")
 @required_params("time_point_scores", "time_point_targets")
-def localization_map(scores: Tensor, targets: Tensor) -> float:
-    """``map`` over the time points of every video ((videos x points, classes))."""
-    return mean_average_precision(scores, targets)
+def localization_map(scores: Tensor, targets: Tensor, skip_classes_without_positives: bool = False) -> float:
+    """Charades' localization mAP, as ``Charades_v1_localize.m``: over every
+    time point of every video ((videos x points, classes)), those without
+    actions included."""
+    return _mean(class_average_precisions(scores, targets)[0], skip_classes_without_positives)
+
+
+@registry.register_metric("localization_wap")
+@required_params("time_point_scores", "time_point_targets")
+def localization_weighted_average_precision(scores: Tensor, targets: Tensor,
+                                            skip_classes_without_positives: bool = False) -> float:
+    """Charades' localization wAP: the per-frame APs weighted by their positive time points."""
+    return _weighted(*class_average_precisions(scores, targets), skip_classes_without_positives)
 
 
 def build_metric(entry: Any) -> ConfiguredMetric:

@@ -207,10 +207,9 @@ def check_data(config: DictConfig) -> None:
     """The checkpoint to start from exists, and the dataset's files are where its
     config says, with as many classes as the model's head has labels."""
     checkpoint_to_load(config)
-    name = dataset_names(config)[0]
     num_labels, labels_key = _head_labels(config)
-    dataset_builder(config).check_data(config.dataset_config[name], splits_to_load(parse_run_type(config.run_type)),
-                                       num_labels, labels_key)
+    dataset_builder(config).check_data(config, splits_to_load(parse_run_type(config.run_type)), num_labels,
+                                       labels_key)
 
 
 def _head_labels(config: DictConfig) -> tuple[int | None, str]:

@@ -344,7 +344,7 @@ class MMFTrainer:
         computed from the report entries it requires, which the dataset's
         evaluation sets provide; with ``write_predictions``, also MMF's
         prediction file."""
-        entries, losses = self.evaluation_report(split)
+        entries, losses = self.evaluation_report(split, write_predictions)
         report = losses.means()
         report[f"{split}/total_loss"] = sum(report.values())
         report.update(self.compute_metrics(split, entries))
@@ -354,16 +354,25 @@ class MMFTrainer:
                      self.training_config.log_format)
         self.log_scalars(report)
         if write_predictions and self.is_main:
-            predictions = self.datasets[split].format_for_prediction(entries["ids"], entries["scores"])
-            path = test_reporter.write_predictions(self.config, self.dataset_name, split, predictions)
-            logger.info("wrote %d predictions to %s", len(predictions), path.resolve())
+            self.write_predictions(split, entries)
         return report
 
-    def evaluation_report(self, split: str) -> tuple[dict[str, Any], LossSums]:
+    def write_predictions(self, split: str, entries: dict[str, Any]) -> None:
+        """MMF's prediction file, and the files of the dataset's own forms beside it."""
+        dataset = self.datasets[split]
+        stem = test_reporter.prediction_stem(self.config, self.dataset_name, split)
+        predictions = dataset.format_for_prediction(entries["ids"], entries["scores"])
+        path = test_reporter.write_predictions(self.config, predictions, stem)
+        logger.info("wrote %d predictions to %s", len(predictions), path.resolve())
+        dataset.write_prediction_files(entries, path.parent, stem)
+
+    def evaluation_report(self, split: str, for_predictions: bool = False) -> tuple[dict[str, Any], LossSums]:
         """Every report entry the metrics require (and the video-level scores,
-        which the losses and the predictions come from), from the dataset's
-        evaluation sets, and the model's losses."""
+        which the losses come from, and with ``for_predictions`` what the
+        prediction files need), from the dataset's evaluation sets, and the model's losses."""
         required = {name for metric in self.metrics.values() for name in metric.required_params}
+        if for_predictions:
+            required |= self.datasets[split].prediction_entries()
         entries: dict[str, Any] = {}
         losses = LossSums()
         options = dataloader_options(self.config.dataset_config[self.dataset_name], self.training_config,
@@ -391,7 +400,7 @@ class MMFTrainer:
         for key, metric in self.metrics.items():
             if not set(metric.required_params) <= set(entries):
                 continue
-            value = torch.tensor(float(metric(entries)), device=self.device)
+            value = torch.tensor(float(metric(entries)), dtype=torch.float64, device=self.device)
             values[f"{split}/{self.dataset_name}/{key}"] = float(distributed.reduce_mean(value) if reduce else value)
         return values
 

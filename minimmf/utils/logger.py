@@ -148,7 +148,7 @@ class MetricsLogger:
 
     def log(self, update: int, values: Mapping[str, float]) -> None:
         with open(self.csv_path, "a", encoding="utf-8") as handle:
-            handle.writelines(f"{update},{name},{value:.6g}\n" for name, value in values.items())
+            handle.writelines(f"{update},{name},{float(value)!r}\n" for name, value in values.items())
 
     def plot(self, score_names: Iterable[str]) -> Path:
         """The total losses on the left, ``score_names`` (the metrics) on the right."""

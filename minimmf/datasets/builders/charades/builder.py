@@ -41,9 +41,9 @@ class CharadesBuilder(BaseDatasetBuilder):
         return config_checks.check_dataset_config(dataset_config, prefix)
 
     @classmethod
-    def check_data(cls, dataset_config: DictConfig, splits: Sequence[str], num_labels: int | None,
-                   labels_key: str) -> None:
-        config_checks.check_dataset_files(dataset_config, splits, num_labels, labels_key)
+    def check_data(cls, config: DictConfig, splits: Sequence[str], num_labels: int | None, labels_key: str) -> None:
+        config_checks.check_dataset_files(config.dataset_config.charades, splits, num_labels, labels_key,
+                                          str(config.env.data_dir))
 
     @classmethod
     def config_for_inference(cls, dataset_config: DictConfig, vocabulary: Path | None) -> DictConfig:

@@ -8,10 +8,11 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from minimmf.datasets.builders.charades.clip_cache import DTYPES as CLIP_CACHE_DTYPES
 from minimmf.datasets.builders.charades.layout import read_classes_file
+from minimmf.datasets.builders.charades.submissions import FORMS as SUBMISSION_FORMS
 from minimmf.modules.predictions import CLIP_POOLINGS
 from minimmf.utils.configuration import ConfigError
 
@@ -60,6 +61,11 @@ def check_dataset_config(dataset_config: DictConfig, prefix: str) -> list[str]:
         value = config.get(key, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{prefix}.{key}={value!r}: expected an integer >= 1")
+    forms = config.get("devkit_submissions", None) or []
+    if not isinstance(forms, (list, ListConfig)) or not set(forms) <= set(SUBMISSION_FORMS):
+        shown = OmegaConf.to_container(forms) if OmegaConf.is_config(forms) else forms
+        raise ConfigError(f"{prefix}.devkit_submissions={shown!r}: a list of {' and '.join(SUBMISSION_FORMS)}, "
+                          "or [] for none")
     seconds = config.get("segment_seconds", 1.0)
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
         raise ConfigError(f"{prefix}.segment_seconds={seconds!r}: expected a number of seconds > 0")
@@ -77,10 +83,10 @@ def dataset_files(dataset_config: DictConfig, splits: Sequence[str]) -> list[Pat
 
 
 def check_dataset_files(dataset_config: DictConfig, splits: Sequence[str], num_labels: int | None,
-                        labels_key: str) -> None:
+                        labels_key: str, env_data_dir: str) -> None:
     for path in dataset_files(dataset_config, splits):
         if not path.exists():
-            raise ConfigError(missing_data_message(dataset_config, path))
+            raise ConfigError(missing_data_message(dataset_config, path, env_data_dir))
     classes_file = Path(dataset_config.data_dir) / dataset_config.classes_file
     num_classes = len(read_classes_file(classes_file))
     if num_labels is not None and num_labels != num_classes:
@@ -88,8 +94,9 @@ def check_dataset_files(dataset_config: DictConfig, splits: Sequence[str], num_l
                           f"({classes_file}); set {labels_key}={num_classes}")
 
 
-def missing_data_message(dataset_config: DictConfig, missing: Path) -> str:
+def missing_data_message(dataset_config: DictConfig, missing: Path, env_data_dir: str) -> str:
     return (f"the charades dataset is not where the config says: {missing} does not exist. It is read under "
-            f"dataset_config.charades.data_dir={dataset_config.data_dir}, i.e. under env.data_dir (the "
-            "MMF_DATA_DIR environment variable sets it too). Point env.data_dir at your copy of the data, or make "
-            "the synthetic set there with this project's scripts/make_synthetic_charades.py --out <env.data_dir>")
+            f"dataset_config.charades.data_dir={dataset_config.data_dir}, i.e. under env.data_dir (now "
+            f"{env_data_dir}; the MMF_DATA_DIR environment variable sets it too). Point env.data_dir at your copy "
+            "of the data, or make the synthetic set there with this project's script: python "
+            f"scripts/make_synthetic_charades.py --out {env_data_dir}")

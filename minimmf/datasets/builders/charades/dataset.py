@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import Dataset
 
 from minimmf.common.sample import Sample
+from minimmf.datasets.base_dataset import BaseDataset
+from minimmf.datasets.builders.charades import submissions
 from minimmf.datasets.builders.charades.clip_cache import ClipCache
 from minimmf.datasets.builders.charades.config_checks import with_current_names
 from minimmf.datasets.builders.charades.evaluation import TimePointScores, VideoScores
@@ -123,7 +124,7 @@ def default_clip_cache_dir() -> str:
     return os.path.join(os.environ.get("MMF_CACHE_DIR", "./.cache/minimmf"), "charades_clips")
 
 
-class CharadesDataset(Dataset):
+class CharadesDataset(BaseDataset):
     dataset_name = "charades"
 
     def __init__(self, config: DictConfig, dataset_type: str):
@@ -242,6 +243,27 @@ class CharadesDataset(Dataset):
         probabilities = torch.sigmoid(scores.double())
         return [{"id": item_id, "labels": labels_above(row, self.classes, self.prediction_threshold)}
                 for item_id, row in zip(ids, probabilities, strict=True)]
+
+    def prediction_entries(self) -> set[str]:
+        """What the prediction files need: the videos' scores, and the time points' for a localization submission."""
+        forms = self.devkit_submissions
+        return {"ids", "scores"} | ({"time_point_scores"} if "localize" in forms else set())
+
+    @property
+    def devkit_submissions(self) -> list[str]:
+        """The devkit forms to write (both for a config saved before the setting existed)."""
+        forms = self.config.get("devkit_submissions", submissions.FORMS)
+        return list(forms if forms is not None else submissions.FORMS)
+
+    def write_prediction_files(self, entries: dict[str, Any], folder: Path, stem: str) -> list[Path]:
+        """The official devkit's submission files (``devkit_submissions``), see ``submissions``."""
+        if not self.devkit_submissions:
+            return []
+        columns = submissions.class_columns(self.id_to_name, self.class_to_idx)
+        settings = {"split": self.dataset_type, "clips": self.clips, "clip_pooling": self.clip_pooling,
+                    "frames_per_clip": self.frames_per_clip, "segment_seconds": self.timeline_plan.segment_seconds,
+                    "max_segments": self.timeline_plan.max_segments, "time_points": self.time_points}
+        return submissions.write_submissions(folder, stem, self.devkit_submissions, entries, columns, settings)
 
     def inference_files(self, folder: str | os.PathLike) -> dict[str, str]:
         """Write what a served model needs besides its weights and config into

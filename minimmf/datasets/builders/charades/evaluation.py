@@ -40,6 +40,15 @@ def _unreadable(items: list[ScoredItem], split: str) -> int:
     return len(failed)
 
 
+def _warn_classes_without_positives(targets: torch.Tensor, classes: list[str], split: str, where: str) -> None:
+    """Name the classes whose average precision is NaN (the devkit's mAP is then NaN too)."""
+    absent = [name for name, count in zip(classes, targets.sum(dim=0).tolist(), strict=True) if count == 0]
+    if absent and len(targets):
+        logger.warning("%s: %d class(es) have no positive %s, so their AP and the mean AP are NaN as in the "
+                       "Charades devkit (params: {skip_classes_without_positives: true} leaves them out): %s",
+                       split, len(absent), where, ", ".join(absent))
+
+
 class VideoScores(EvaluationSet):
     name = "videos"
     provides = ("scores", "targets", "ids", "prediction_threshold", "unreadable_videos")
@@ -65,10 +74,12 @@ class VideoScores(EvaluationSet):
         pooling = self.dataset.clip_pooling
         scores = [pool_clip_logits(item.scores, pooling).double() if item.scores is not None
                   else _no_scores(1, classes)[0] for item in items]
+        targets = torch.stack([item.info[1] for item in items]) if items else torch.zeros(0, classes)
+        _warn_classes_without_positives(targets, self.dataset.classes, self.dataset.dataset_type, "video")
         return {
             "ids": [item.info[0] for item in items],
             "scores": torch.stack(scores) if scores else torch.zeros(0, classes, dtype=torch.float64),
-            "targets": torch.stack([item.info[1] for item in items]) if items else torch.zeros(0, classes),
+            "targets": targets,
             "prediction_threshold": self.dataset.prediction_threshold,
             "unreadable_videos": _unreadable(items, self.dataset.dataset_type),
         }
@@ -100,8 +111,10 @@ class TimePointScores(EvaluationSet):
         classes = len(self.dataset.classes)
         scores = [item.scores[item.info[0]].double() if item.scores is not None
                   else _no_scores(len(item.info[1]), classes) for item in items]
+        targets = torch.cat([item.info[1] for item in items]) if items else torch.zeros(0, classes)
+        _warn_classes_without_positives(targets, self.dataset.classes, self.dataset.dataset_type, "time point")
         return {
             "time_point_scores": torch.cat(scores) if scores else torch.zeros(0, classes, dtype=torch.float64),
-            "time_point_targets": torch.cat([item.info[1] for item in items]) if items else torch.zeros(0, classes),
+            "time_point_targets": targets,
             "unreadable_videos": _unreadable(items, self.dataset.dataset_type),
         }
