@@ -19,19 +19,28 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+import torch
 from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
 from minimmf.common.sample import Sample
-from minimmf.datasets.video_clips import ClipPlan, DecodedClip, DecodeLimits, VideoSource
+from minimmf.datasets.video_clips import ChunkPlan, ClipPlan, DecodedChunk, DecodedClip, DecodeLimits, VideoSource
 
 
 class SampleMaker(Protocol):
-    """Turns a video and its script into model inputs, as the dataset's evaluation split does."""
+    """Turns a video and its script into model inputs, as the dataset's evaluation split does;
+    and a live stream's chunks into the frames and audio its windows are cut from."""
 
     frames_per_clip: int
+    audio_samples_needed: int | None  # the samples from a clip's start its audio pipeline reads (None: all)
 
     def decode_plan(self, source: VideoSource, plan: ClipPlan) -> list[DecodedClip]: ...
+
+    def decode_chunk(self, source: VideoSource, plan: ChunkPlan, frame_size: tuple[int, int] | None = None,
+                     audio_format: tuple[int, str] | None = None) -> DecodedChunk: ...
+
+    def transform_frames(self, frames: np.ndarray) -> torch.Tensor: ...
 
     def text_fields(self, script: str) -> dict[str, Any]: ...
 

@@ -16,6 +16,11 @@ over the video, one clip per window of a timeline, or those together
 (``ClipSpec``: its frames and where its audio starts). A frame several clips
 share is converted once; each clip's audio is the slice from its start.
 
+A chunk of a live stream (``decode_chunk``) is decoded the same way: the
+frames its plan keeps, transformed, and all of its audio (bounded by its
+video's duration), so that a stream's windows can be cut from its chunks
+exactly as a video's timeline windows are cut from the video.
+
 Untrusted input (``DecodeLimits``): only real video containers are opened
 (``ALLOWED_CONTAINERS``); an MP4's sample tables are read before FFmpeg
 builds its index from them; the frame size, the frame count and the
@@ -31,7 +36,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -178,11 +183,19 @@ class TimelineWindows:
         specs = []
         for window in range(max(1, math.ceil(duration / length - 1e-9))):
             start, end = window * length, min(duration, (window + 1) * length)
-            first = min(info.num_frames - 1, math.ceil(start * fps - 1e-6))
-            stop = max(first + 1, min(info.num_frames, math.ceil(end * fps - 1e-6)))
-            specs.append(ClipSpec([first + i for i in clip_frame_indices(stop - first, self.frames_per_clip)],
+            specs.append(ClipSpec(window_frame_indices(start, end, fps, info.num_frames, self.frames_per_clip),
                                   start, end))
         return specs
+
+
+def window_frame_indices(start: float, end: float, fps: float, num_frames: int, frames_per_clip: int) -> list[int]:
+    """The frames of the window [start, end) seconds of a video of ``num_frames``
+    frames at ``fps``: ``frames_per_clip`` evenly spaced over those whose time
+    (index / fps) is in the window (at least one). Timeline windows and a live
+    stream's windows both take their frames by this rule."""
+    first = min(num_frames - 1, math.ceil(start * fps - 1e-6))
+    stop = max(first + 1, min(num_frames, math.ceil(end * fps - 1e-6)))
+    return [first + i for i in clip_frame_indices(stop - first, frames_per_clip)]
 
 
 @dataclass(frozen=True)
@@ -296,15 +309,18 @@ def count_video_frames(source: VideoSource, limits: DecodeLimits = UNBOUNDED) ->
 class _AudioSlices:
     """Decoded audio as float32 (channels, samples): for each start sample,
     the ``limit`` samples from there (None: all of them), kept as the audio
-    streams past, so memory does not grow with the audio's length."""
+    streams past, so memory does not grow with the audio's length. ``target``
+    (rate, layout name) converts it to that format (default: the stream's)."""
 
-    def __init__(self, stream: av.audio.stream.AudioStream | None, starts: list[int], limit: int | None):
+    def __init__(self, stream: av.audio.stream.AudioStream | None, starts: list[int], limit: int | None,
+                 target: tuple[int, str] | None = None):
         self.stream, self.limit = stream, limit
         self.chunks: dict[int, list[np.ndarray]] = {start: [] for start in starts}
         self.position = 0  # samples decoded so far
         self.needed_until = None if limit is None else max(starts) + limit
         if stream is not None:
-            self.resampler = av.AudioResampler(format="fltp", layout=stream.layout, rate=stream.rate)
+            self.rate, self.layout = target or (stream.rate, stream.layout.name)
+            self.resampler = av.AudioResampler(format="fltp", layout=self.layout, rate=self.rate)
 
     @property
     def done(self) -> bool:
@@ -331,15 +347,16 @@ class _AudioSlices:
 
 
 class _FrameKeeper:
-    """The kept frames: each converted to RGB at the first frame's size as it
-    is decoded, then transformed ``batch`` at a time. Batches keep the
+    """The kept frames: each converted to RGB at the first frame's size (or
+    ``size``) as it is decoded, then transformed ``batch`` at a time. Batches keep the
     full-size frames held at any time bounded, and keep torch's threads from
     competing with FFmpeg's for the cores while the video decodes."""
 
-    def __init__(self, frame_transform: FrameTransform | None, limits: DecodeLimits, batch: int = TRANSFORM_BATCH):
+    def __init__(self, frame_transform: FrameTransform | None, limits: DecodeLimits, batch: int = TRANSFORM_BATCH,
+                 size: tuple[int, int] | None = None):
         self.transform = frame_transform or torch.from_numpy
         self.limits, self.batch = limits, batch
-        self.size: tuple[int, int] | None = None
+        self.size = size
         self.pending: dict[int, np.ndarray] = {}
         self.kept: dict[int, torch.Tensor] = {}
 
@@ -372,6 +389,58 @@ class _FrameKeeper:
         self.kept.update({index: tail for index in missing})
 
 
+AudioPlan = Callable[[av.audio.stream.AudioStream | None], _AudioSlices]
+
+
+def _decode_pass(source: VideoSource, info: VideoInfo, wanted: set[int], audio_plan: AudioPlan,
+                 keeper: _FrameKeeper, deadline: _Deadline) -> _AudioSlices:
+    """One pass over the video: the ``wanted`` frames into ``keeper``, and the
+    audio ``audio_plan`` asks for (given the first audio stream, if any)."""
+    last_wanted = max(wanted)
+    with _open(source) as container:
+        stream = _video_stream(container)
+        stream.thread_type = "AUTO"
+        audio = audio_plan(container.streams.audio[0] if container.streams.audio else None)
+        audio_stream = audio.stream
+        index, last_frame = 0, None
+        streams = [stream] + ([audio_stream] if audio_stream is not None else [])
+        try:
+            for packet in container.demux(*streams):
+                deadline.check()
+                if packet.stream is audio_stream:
+                    if not audio.done:
+                        audio.add(packet)
+                    continue
+                if index > last_wanted:  # only audio is still wanted
+                    continue
+                for frame in packet.decode():
+                    keeper.check(frame)
+                    last_frame = frame
+                    if index in wanted:
+                        keeper.keep(index, frame)
+                    index += 1
+                if index > last_wanted and audio.done:
+                    break
+        except av.FFmpegError as error:
+            raise VideoDecodeError(f"the video is corrupted after {index} frames ({error})") from error
+        keeper.flush()
+        if not keeper.kept:
+            raise VideoDecodeError("no video frame could be decoded")
+        if len(keeper.kept) < len(wanted):
+            # a damaged tail: the missing frames repeat the last decodable one
+            logger.warning("only %d of %d frames decoded; repeating the last one", index, info.num_frames)
+            keeper.fill(wanted - keeper.kept.keys(), last_frame)
+    return audio
+
+
+def _checked_info(source: VideoSource, limits: DecodeLimits, deadline: _Deadline) -> VideoInfo:
+    _check_declared_tables(source, limits)
+    info = _video_info(source, limits, deadline)
+    if info.num_frames == 0:
+        raise VideoDecodeError("the video stream has no frames")
+    return info
+
+
 def decode_clip(source: VideoSource, frames_per_clip: int = 16, max_audio_samples: int | None = None,
                 limits: DecodeLimits = UNBOUNDED, frame_transform: FrameTransform | None = None) -> DecodedClip:
     """Decode the clip MMF's Charades dataset takes from a video.
@@ -393,50 +462,65 @@ def decode_clips(source: VideoSource, plan: ClipPlan, max_audio_samples: int | N
     rate) in one pass over the video: (the video's info, the clips in the
     plan's order). Arguments and errors as ``decode_clip``."""
     deadline = _Deadline(limits)
-    _check_declared_tables(source, limits)
-    info = _video_info(source, limits, deadline)
-    if info.num_frames == 0:
-        raise VideoDecodeError("the video stream has no frames")
+    info = _checked_info(source, limits, deadline)
     specs = plan(info)
-    wanted_set = {index for spec in specs for index in spec.frame_indices}
-    last_wanted = max(wanted_set)
+
+    def audio_plan(stream: av.audio.stream.AudioStream | None) -> _AudioSlices:
+        stream = stream if max_audio_samples != 0 else None
+        rate = stream.rate if stream is not None else 0
+        return _AudioSlices(stream, sorted({round(spec.start * rate) for spec in specs}), max_audio_samples)
+
     keeper = _FrameKeeper(frame_transform, limits)
-    with _open(source) as container:
-        stream = _video_stream(container)
-        stream.thread_type = "AUTO"
-        audio_stream = container.streams.audio[0] if container.streams.audio and max_audio_samples != 0 else None
-        rate = audio_stream.rate if audio_stream is not None else 0
-        audio = _AudioSlices(audio_stream, sorted({round(spec.start * rate) for spec in specs}), max_audio_samples)
-        index, last_frame = 0, None
-        streams = [stream] + ([audio_stream] if audio_stream is not None else [])
-        try:
-            for packet in container.demux(*streams):
-                deadline.check()
-                if packet.stream is audio_stream:
-                    if not audio.done:
-                        audio.add(packet)
-                    continue
-                for frame in packet.decode():
-                    keeper.check(frame)
-                    last_frame = frame
-                    if index in wanted_set:
-                        keeper.keep(index, frame)
-                    index += 1
-                if index > last_wanted and audio.done:
-                    break
-        except av.FFmpegError as error:
-            raise VideoDecodeError(f"the video is corrupted after {index} frames ({error})") from error
-        keeper.flush()
-        if not keeper.kept:
-            raise VideoDecodeError("no video frame could be decoded")
-        if len(keeper.kept) < len(wanted_set):
-            # a damaged tail: the missing frames repeat the last decodable one
-            logger.warning("only %d of %d frames decoded; repeating the last one", index, info.num_frames)
-            keeper.fill(wanted_set - keeper.kept.keys(), last_frame)
-        clips = [DecodedClip(video=torch.stack([keeper.kept[i] for i in spec.frame_indices]),
-                             audio=audio.tensor(round(spec.start * rate)),
-                             audio_sample_rate=audio_stream.rate if audio_stream is not None else None,
-                             num_video_frames=info.num_frames, video_fps=info.fps, start=spec.start,
-                             end=spec.end)
-                 for spec in specs]
-        return info, clips
+    audio = _decode_pass(source, info, {index for spec in specs for index in spec.frame_indices}, audio_plan,
+                         keeper, deadline)
+    rate = audio.rate if audio.stream is not None else 0
+    clips = [DecodedClip(video=torch.stack([keeper.kept[i] for i in spec.frame_indices]),
+                         audio=audio.tensor(round(spec.start * rate)),
+                         audio_sample_rate=audio.rate if audio.stream is not None else None,
+                         num_video_frames=info.num_frames, video_fps=info.fps, start=spec.start, end=spec.end)
+             for spec in specs]
+    return info, clips
+
+
+# the frames of a chunk to keep, given the chunk's frame count and rate
+ChunkPlan = Callable[[VideoInfo], Collection[int]]
+# a chunk's audio may run this much past its video; the rest is dropped
+CHUNK_AUDIO_SLACK_SECONDS = 1.0
+
+
+@dataclass
+class DecodedChunk:
+    """One chunk of a live stream: the frames its plan keeps (``frame_transform``'s
+    output, by the chunk's frame index), the size they were converted at, and its audio."""
+
+    info: VideoInfo
+    frames: dict[int, torch.Tensor]
+    frame_size: tuple[int, int]  # (width, height) the frames were converted at before the transform
+    audio: torch.Tensor | None  # (channels, samples) float32 at audio_format; None without an audio stream
+    audio_format: tuple[int, str] | None  # (sample rate, layout name)
+
+
+def decode_chunk(source: VideoSource, plan: ChunkPlan, max_audio_samples: int | None = None,
+                 limits: DecodeLimits = UNBOUNDED, frame_transform: FrameTransform | None = None,
+                 frame_size: tuple[int, int] | None = None,
+                 audio_format: tuple[int, str] | None = None) -> DecodedChunk:
+    """Decode one chunk of a stream (a short, independently decodable video):
+    the frames ``plan`` keeps, converted at ``frame_size`` (default: its first
+    frame's) and transformed as ``decode_clips`` does, and all of its audio (none when
+    ``max_audio_samples`` is 0), converted to ``audio_format``, up to its video's
+    duration plus ``CHUNK_AUDIO_SLACK_SECONDS``. Errors and ``limits`` as ``decode_clip``."""
+    deadline = _Deadline(limits)
+    info = _checked_info(source, limits, deadline)
+    wanted = set(plan(info)) or {0}  # one frame at least, so that an undecodable chunk is refused
+
+    def audio_plan(stream: av.audio.stream.AudioStream | None) -> _AudioSlices:
+        stream = stream if max_audio_samples != 0 else None
+        rate = audio_format[0] if audio_format is not None else stream.rate if stream is not None else 0
+        limit = math.ceil((info.duration + CHUNK_AUDIO_SLACK_SECONDS) * rate)
+        return _AudioSlices(stream, [0], limit, audio_format)
+
+    keeper = _FrameKeeper(frame_transform, limits, size=frame_size)
+    audio = _decode_pass(source, info, wanted, audio_plan, keeper, deadline)
+    if audio.stream is None:
+        return DecodedChunk(info, keeper.kept, keeper.size, None, None)
+    return DecodedChunk(info, keeper.kept, keeper.size, audio.tensor(0), (audio.rate, audio.layout))

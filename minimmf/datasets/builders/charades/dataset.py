@@ -29,7 +29,9 @@ from minimmf.datasets.builders.charades.layout import (
 from minimmf.datasets.evaluation import EvaluationSet
 from minimmf.datasets.video_clips import (
     UNBOUNDED,
+    ChunkPlan,
     ClipPlan,
+    DecodedChunk,
     DecodedClip,
     DecodeLimits,
     MMFClip,
@@ -37,6 +39,7 @@ from minimmf.datasets.video_clips import (
     TimelineWindows,
     VideoDecodeError,
     VideoSource,
+    decode_chunk,
     decode_clips,
 )
 from minimmf.modules.predictions import check_pooling, labels_above
@@ -81,8 +84,11 @@ class CharadesSampleMaker:
             return None
         return {"frames": video, "audio_samples": self.audio_samples_needed}
 
-    def _frames_to_tensor(self, frames: np.ndarray) -> torch.Tensor:
-        """(T, H, W, 3) uint8 -> the per-frame part's (T, C, h, w) output."""
+    def transform_frames(self, frames: np.ndarray) -> torch.Tensor:
+        """(T, H, W, 3) uint8 RGB frames -> what a decoded clip keeps of each: the
+        per-frame part's (T, C, h, w) output, or the frames as they are."""
+        if self.per_frame is None:
+            return torch.from_numpy(frames)
         return self.per_frame(torch.from_numpy(frames)).permute(1, 0, 2, 3)
 
     def decode(self, source: VideoSource) -> DecodedClip:
@@ -92,9 +98,14 @@ class CharadesSampleMaker:
 
     def decode_plan(self, source: VideoSource, plan: ClipPlan) -> list[DecodedClip]:
         """Every clip ``plan`` asks for, in one decoding pass."""
-        frame_transform = self._frames_to_tensor if self.per_frame is not None else None
-        _, clips = decode_clips(source, plan, self.audio_samples_needed, self.limits, frame_transform)
+        _, clips = decode_clips(source, plan, self.audio_samples_needed, self.limits, self.transform_frames)
         return clips
+
+    def decode_chunk(self, source: VideoSource, plan: ChunkPlan, frame_size: tuple[int, int] | None = None,
+                     audio_format: tuple[int, str] | None = None) -> DecodedChunk:
+        """One chunk of a live stream, its kept frames transformed as ``decode_plan``'s."""
+        return decode_chunk(source, plan, self.audio_samples_needed, self.limits, self.transform_frames, frame_size,
+                            audio_format)
 
     def video_tensor(self, clip: DecodedClip) -> torch.Tensor:
         """The model's video input from a decoded clip."""
