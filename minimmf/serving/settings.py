@@ -2,9 +2,12 @@
 once when the worker starts, then read as plain typed attributes.
 
 ``HandlerSettings`` is the one declaration: each field's default and its
-description. model-config.yaml's ``handler:`` block and README's settings
-table are generated from it (``python -m minimmf.serving.settings yaml`` or
-``markdown``), and a test checks that both are what it generates.
+description; ``LiveSettings`` declares the live model's ``handler.live``
+section the same way. model-config.yaml's ``handler:`` block, the live
+model's (model-config-live.yaml, with ``live:``) and README's settings tables
+are generated from them (``python -m minimmf.serving.settings yaml``,
+``yaml-live``, ``markdown`` or ``markdown-live``), and a test checks that each
+is what they generate.
 """
 
 from __future__ import annotations
@@ -34,6 +37,68 @@ class SettingsError(ValueError):
 def setting(default: Any, doc: str, group: str = "") -> Any:
     """A field with its description (``group`` starts a commented group of settings)."""
     return field(default=default, metadata={"doc": doc, "group": group})
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """The live model's streams (README, "Live streams"): what each answer is about, and what one worker
+    holds."""
+
+    window_seconds: float = setting(
+        4.0, "each answer is about the stream's last this many seconds, sampled as a timeline window of this "
+             "length is (frames_per_clip frames spread over it, the audio from its start)")
+    answer_every_seconds: float = setting(
+        1.0, "a window ends every this many seconds of stream time; a chunk that completes one or more is "
+             "answered with the latest of them")
+    max_streams: int = setting(
+        16, "streams one worker holds; beyond it, the least recently used one is dropped (keep it at "
+            "maxNumSequence or above)")
+    max_stream_bytes: int = setting(
+        64 * 2**20, "memory one stream's state may take (the frames and audio its coming windows need); a chunk "
+                    "that would need more gets HTTP 400")
+
+    @classmethod
+    def from_model_yaml(cls, model_yaml_config: Mapping[str, Any], section: Any) -> LiveSettings:
+        """The settings of ``handler.live`` (``section``), checked against the
+        model's sequence batching settings in ``model_yaml_config``."""
+        if section is None:
+            section = {}
+        if not isinstance(section, Mapping):
+            raise SettingsError(f"model-config.yaml: 'handler.live' must be a mapping of settings, got {section!r}")
+        settings = cls(**_typed_values(cls, dict(section), "handler.live"))
+        settings._check(model_yaml_config)
+        return settings
+
+    def _check(self, model_yaml_config: Mapping[str, Any]) -> None:
+        for name in ("window_seconds", "answer_every_seconds"):
+            if not 0 < getattr(self, name) <= MAX_SEGMENT_SECONDS:
+                raise SettingsError(f"handler.live.{name} must be seconds > 0 and at most {MAX_SEGMENT_SECONDS}, "
+                                    f"not {getattr(self, name)}")
+        for name in ("max_streams", "max_stream_bytes"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"handler.live.{name} must be > 0, not {getattr(self, name)}")
+        idle = model_yaml_config.get("sequenceMaxIdleMSec")
+        if isinstance(idle, bool) or not isinstance(idle, int) or idle <= 0:
+            raise SettingsError(f"sequenceBatching needs sequenceMaxIdleMSec > 0 in model-config.yaml (milliseconds "
+                                f"a stream may pause before it ends), not {idle!r}: without it TorchServe 0.12 "
+                                "answers every request with HTTP 500")
+        batch = int(model_yaml_config.get("batchSize", 1))
+        # with continuous batching TorchServe puts up to twice batchSize streams in one batch
+        per_batch = 2 * batch if model_yaml_config.get("continuousBatching") else batch
+        if self.max_streams < per_batch:
+            raise SettingsError(f"handler.live.max_streams ({self.max_streams}) must hold at least the {per_batch} "
+                                f"streams one batch may bring (batchSize {batch}"
+                                f"{', twice with continuousBatching' if per_batch > batch else ''})")
+        if not model_yaml_config.get("continuousBatching"):
+            logger.warning("model-config.yaml: sequenceBatching without continuousBatching: a stream's end "
+                           "(ts_request_sequence_end) frees its maxNumSequence slot only after "
+                           "sequenceMaxIdleMSec")
+        sequences = int(model_yaml_config.get("maxNumSequence", 1))
+        workers = int(model_yaml_config.get("maxWorkers", model_yaml_config.get("minWorkers", 1)))
+        if sequences > self.max_streams * workers:
+            logger.warning("model-config.yaml: maxNumSequence %d is more than handler.live.max_streams %d x %d "
+                           "workers: live streams may be dropped to make room for others", sequences,
+                           self.max_streams, workers)
 
 
 @dataclass(frozen=True)
@@ -75,6 +140,8 @@ class HandlerSettings:
     precision: str = setting("fp32", f"{' or '.join(PRECISIONS)}: bf16 autocast changes the answers slightly")
     quantize_bert: bool = setting(False, "int8 dynamic quantization of the transformer's linear layers (CPU, "
                                          "fp32 only)")
+    # handler.live, the live model's streams: set only when model-config.yaml turns sequenceBatching on
+    live: LiveSettings | None = field(default=None, metadata={"section": LiveSettings})
 
     @classmethod
     def from_model_yaml(cls, model_yaml_config: Mapping[str, Any] | None) -> HandlerSettings:
@@ -83,12 +150,13 @@ class HandlerSettings:
         if not isinstance(section, Mapping):
             raise SettingsError(f"model-config.yaml: 'handler' must be a mapping of settings, got {section!r}")
         section = _renamed(dict(section))
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(section) - set(known))
-        if unknown:
-            raise SettingsError(f"model-config.yaml: unknown handler setting(s) {unknown}; known: {sorted(known)}")
-        values = {name: _checked(name, value, known[name].type) for name, value in section.items()}
-        settings = cls(**values)
+        live = section.pop("live", None)
+        if model_yaml_config and model_yaml_config.get("sequenceBatching"):
+            section["live"] = LiveSettings.from_model_yaml(model_yaml_config, live)
+        elif live is not None:
+            raise SettingsError("model-config.yaml: handler.live is for a live model: it needs sequenceBatching: "
+                                "true (see model-config-live.yaml)")
+        settings = cls(**_typed_values(cls, section, "handler"))
         settings._check_combinations()
         return settings
 
@@ -126,13 +194,26 @@ def _renamed(section: dict[str, Any]) -> dict[str, Any]:
     return section
 
 
+def _typed_values(cls: type, section: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """``section``'s values checked against ``cls``'s fields (``prefix``: where
+    the section is, for the messages); a nested section's value is already built."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(section) - set(known))
+    if unknown:
+        raise SettingsError(f"model-config.yaml: unknown {prefix} setting(s) {unknown}; known: {sorted(known)}")
+    return {name: value if "section" in known[name].metadata else _checked(f"{prefix}.{name}", value,
+                                                                            known[name].type)
+            for name, value in section.items()}
+
+
 def _checked(name: str, value: Any, annotation: str) -> Any:
-    """``value`` as the type the field's annotation names, or a SettingsError naming the setting."""
+    """``value`` as the type the field's annotation names, or a SettingsError
+    naming the setting (``name``: its full name, ``handler.top_k``)."""
     optional = annotation.endswith("| None")
     if value is None:
         if optional:
             return None
-        raise SettingsError(f"handler.{name} must not be null")
+        raise SettingsError(f"{name} must not be null")
     base = annotation.removesuffix("| None").strip()
     if base == "bool":
         if isinstance(value, bool):
@@ -147,8 +228,8 @@ def _checked(name: str, value: Any, annotation: str) -> Any:
         if isinstance(value, str):
             return value
     else:  # a field type this checker does not know: a programming error, not a user's
-        raise TypeError(f"HandlerSettings.{name}: unsupported annotation {annotation!r}")
-    raise SettingsError(f"handler.{name} must be {'a ' + base if base != 'int' else 'an int'}"
+        raise TypeError(f"setting {name}: unsupported annotation {annotation!r}")
+    raise SettingsError(f"{name} must be {'a ' + base if base != 'int' else 'an int'}"
                         f"{' or null' if optional else ''}, not {value!r}")
 
 
@@ -179,23 +260,37 @@ def _wrapped_comment(text: str, indent: str, width: int = 100) -> list[str]:
     return lines
 
 
-def yaml_section() -> str:
-    """model-config.yaml's ``handler:`` block: every setting, its default and description."""
-    lines = ["handler:"]
-    for index, entry in enumerate(dataclasses.fields(HandlerSettings)):
+def _documented(cls: type) -> list[dataclasses.Field]:
+    """``cls``'s settings (its nested sections left out)."""
+    return [entry for entry in dataclasses.fields(cls) if "section" not in entry.metadata]
+
+
+def _yaml_lines(cls: type, indent: str) -> list[str]:
+    lines: list[str] = []
+    for index, entry in enumerate(_documented(cls)):
         if entry.metadata["group"]:
             if index:
                 lines.append("")
-            lines += _wrapped_comment(entry.metadata["group"], "  ")
-        lines += _wrapped_comment(entry.metadata["doc"], "  ")
-        lines.append(f"  {entry.name}: {_yaml_value(entry.default)}")
+            lines += _wrapped_comment(entry.metadata["group"], indent)
+        lines += _wrapped_comment(entry.metadata["doc"], indent)
+        lines.append(f"{indent}{entry.name}: {_yaml_value(entry.default)}")
+    return lines
+
+
+def yaml_section(live: bool = False) -> str:
+    """model-config.yaml's ``handler:`` block: every setting, its default and
+    description; with ``live``, the live model's, ending with ``live:``."""
+    lines = ["handler:", *_yaml_lines(HandlerSettings, "  ")]
+    if live:
+        group = " ".join(LiveSettings.__doc__.split())
+        lines += ["", *_wrapped_comment(group, "  "), "  live:", *_yaml_lines(LiveSettings, "    ")]
     return "\n".join(lines) + "\n"
 
 
-def markdown_table() -> str:
-    """README's table of the settings."""
+def markdown_table(cls: type = HandlerSettings) -> str:
+    """README's table of the settings (``LiveSettings``: of ``handler.live``)."""
     rows = ["| setting | default | what it does |", "| --- | --- | --- |"]
-    for entry in dataclasses.fields(HandlerSettings):
+    for entry in _documented(cls):
         default = entry.default
         shown = f"{default:,}" if isinstance(default, int) and not isinstance(default, bool) and default > 9999 \
             else _yaml_value(default)
@@ -206,11 +301,16 @@ def markdown_table() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minimmf.serving.settings",
                                      description="print the handler settings as model-config.yaml's handler: "
-                                                 "block or as README's table")
-    parser.add_argument("form", choices=("yaml", "markdown"))
+                                                 "block (yaml-live: the live model's) or as README's table "
+                                                 "(markdown-live: of handler.live)")
+    parser.add_argument("form", choices=tuple(FORMS))
     args = parser.parse_args(argv)
-    sys.stdout.write(yaml_section() if args.form == "yaml" else markdown_table())
+    sys.stdout.write(FORMS[args.form]())
     return 0
+
+
+FORMS = {"yaml": yaml_section, "yaml-live": lambda: yaml_section(live=True), "markdown": markdown_table,
+         "markdown-live": lambda: markdown_table(LiveSettings)}
 
 
 if __name__ == "__main__":
