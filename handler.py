@@ -38,6 +38,7 @@ from minimmf.serving.answers import build_answer, build_timeline, v2_binary_resp
 from minimmf.serving.batch import PreparedBatch
 from minimmf.serving.inputs import parse_request
 from minimmf.serving.kserve_v2 import HEADER_LENGTH
+from minimmf.serving.live import ChunkRequest, LiveStreams
 from minimmf.serving.predictor import Predictor
 from minimmf.serving.settings import HandlerSettings
 from minimmf.utils.env import setup_imports
@@ -60,6 +61,9 @@ class MMFHandler(BaseHandler):
         self.predictor = Predictor.from_model_dir(Path(properties["model_dir"]),
                                                   self.manifest["model"]["serializedFile"], self.settings,
                                                   properties.get("gpu_id"))
+        # the live model (sequenceBatching): its streams, dropped after TorchServe's idle time
+        idle_seconds = (context.model_yaml_config or {}).get("sequenceMaxIdleMSec", 0) / 1000
+        self.live = LiveStreams(self.predictor, self.settings, idle_seconds) if self.settings.live else None
         self.initialized = True
         logger.info("MMF handler ready in %.1f s on %s: %d classes, threshold %.2f, minimmf %s, torch %s",
                     time.perf_counter() - started, self.predictor.device, len(self.predictor.classes),
@@ -69,9 +73,37 @@ class MMFHandler(BaseHandler):
         """Every request of the batch through the hooks, each answered on its own."""
         started = time.perf_counter()
         self.context = context
-        output = self.postprocess(self.inference(self.preprocess(data)))
+        output = self.handle_live(data) if self.live is not None else \
+            self.postprocess(self.inference(self.preprocess(data)))
         self._add_time("HandlerTime", time.perf_counter() - started)
         return output
+
+    def handle_live(self, data: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A batch of live streams' chunks (README, "Live streams"): each added to
+        its stream, the windows they complete through the model together, and
+        each answer with its stream's sequence id (and its end, when it ended)."""
+        started, context = time.perf_counter(), self.context
+        batch, chunks = PreparedBatch(size=len(data)), {}
+        for index, request in enumerate(data):
+            if self._header(index, "describe"):
+                batch.describe.add(index)
+            elif self._header(index, "explain"):
+                batch.errors[index] = (501, "this model gives no explanations; send the request to /predictions")
+            else:
+                chunks[index] = self._chunk_request(index, request)
+        live = self.live.prepare(chunks, batch)
+        self._add_time("DecodeTime", live.decode_seconds)
+        self._add_time("PreprocessTime", time.perf_counter() - started)
+        _, probabilities = self.inference(batch)
+        answers = self.live.answers(live, probabilities)
+        for index, request in chunks.items():
+            if request.stream_id:
+                context.set_response_header(index, context.header_key_sequence_id, request.stream_id)
+                if index in answers and answers[index]["stream_ended"]:  # frees TorchServe's slot for it
+                    context.set_response_header(index, context.header_key_sequence_end, request.stream_id)
+        return [self.describe_handle() if index in batch.describe
+                else self._error(index, *batch.errors[index]) if index in batch.errors
+                else answers[index] for index in range(batch.size)]
 
     def preprocess(self, data: list[dict[str, Any]]) -> PreparedBatch:
         """Parse and decode each request; a failure is kept as that request's answer."""
@@ -135,6 +167,14 @@ class MMFHandler(BaseHandler):
         self.context.set_response_header(index, HEADER_LENGTH, str(header_length))
         self.context.set_response_content_type(index, "application/octet-stream")
         return body
+
+    def _chunk_request(self, index: int, request: dict[str, Any]) -> ChunkRequest:
+        """A live chunk, its sequence id, and whether TorchServe opened the sequence for it or the client ends it."""
+        context = self.context
+        ends = context.get_request_header(index, context.header_key_sequence_end)
+        return ChunkRequest(context.get_sequence_id(index),
+                            context.get_request_header(index, context.header_key_sequence_start) == "true",
+                            bool(ends) and str(ends).lower() not in ("false", "0"), request)
 
     def _error(self, index: int, status: int, message: str) -> dict[str, Any]:
         if status < 500:  # the reason only: messages never quote the request's content

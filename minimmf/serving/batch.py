@@ -40,11 +40,12 @@ class PreparedBatch:
     @contextlib.contextmanager
     def catch(self, index: int) -> Iterator[None]:
         """Record what goes wrong with request ``index`` as its answer: a bad
-        input as 400 with its message, anything else as 500 (logged)."""
+        input as 400 (or the status its error names) with its message, anything
+        else as 500 (logged)."""
         try:
             yield
         except (BadRequest, VideoDecodeError) as error:
-            self.errors[index] = (400, str(error))
+            self.errors[index] = (getattr(error, "status", 400), str(error))
         except Exception:
             logger.exception("request %d of the batch failed", index)
             self.errors[index] = (500, "the request could not be processed; see the model log")

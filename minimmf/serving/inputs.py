@@ -6,7 +6,8 @@ text), ``labels`` (a JSON list, or one label as text) or ``info`` (an
 info.json ``{"script": ..., "action_labels": [...]}`` instead of the last
 two). A KServe v2 body has ``inputs`` of those names: in JSON, the video as
 base64 BYTES; or with the binary tensor extension (``kserve_v2.py``), raw.
-Anything unusable raises ``BadRequest`` (answered with HTTP 400): every
+``parse_chunk`` reads a live stream's chunk the same way. Anything
+unusable raises ``BadRequest`` (answered with HTTP 400): every
 field is bounded (``HandlerSettings``: bytes, characters, JSON size
 and nesting depth, number of labels) and every parse failure is a
 ``BadRequest``, never an exception of the parser's own.
@@ -58,15 +59,69 @@ def parse_request(request: dict[str, Any], settings: HandlerSettings,
     script = fields.get("script", info.get("script"))
     if script is None:
         raise BadRequest("no script: send the video's script in the form field 'script' (or an 'info' JSON)")
-    script = _text(script, "field 'script'")
-    if len(script) > settings.max_script_chars:
-        raise BadRequest(f"the script has {len(script):,} characters, over the limit of "
-                         f"{settings.max_script_chars:,} (handler.max_script_chars in model-config.yaml)")
+    script = _script(script, settings)
     labels = fields.get("labels", info.get("action_labels", info.get("labels")))
     segment_seconds = fields.get("segment_seconds")
     return ParsedRequest(video, script, _labels(labels, settings) if labels is not None else None,
                          fields.get("v2_id"), fields.get("v2_binary_output", False),
                          _segment_seconds(segment_seconds) if segment_seconds is not None else None)
+
+
+@dataclass(frozen=True)
+class ParsedChunk:
+    """One request to the live model: a chunk of a stream and its script, either may be absent."""
+
+    video: bytes | None  # None: a request that only ends the stream
+    script: str | None  # None: the stream's script so far
+    chunk: int | None  # the chunk's number in its stream, as the client counts (0: the first)
+    expected_labels: list[str] | None = None  # None: the stream's so far
+
+
+MAX_CHUNK_NUMBER = 10**12
+
+
+def parse_chunk(request: dict[str, Any], settings: HandlerSettings, ends_stream: bool = False) -> ParsedChunk:
+    """A live stream's chunk as TorchServe hands it over: a multipart form with
+    ``data`` (the chunk's bytes; optional in a request that ends the stream),
+    and optionally ``script`` and ``labels`` (or ``info``) and ``chunk`` (its
+    number). The limits of ``parse_request`` apply."""
+    if request.get("body"):
+        raise BadRequest("send a live stream's chunk as a multipart form (its bytes in the field 'data', with "
+                         "'script'); the live model takes no other body")
+    if request.get("segment_seconds") is not None:
+        raise BadRequest("the live model answers windows of handler.live.window_seconds; segment_seconds is for "
+                         "whole videos (send them to the model without sequence batching)")
+    info = _info(request["info"], settings) if request.get("info") is not None else {}
+    value = request.get("data", request.get("video"))
+    if value is None and not ends_stream:
+        raise BadRequest("no chunk: send the chunk's bytes in the form field 'data' (a request without one must "
+                         "end the stream: header ts_request_sequence_end)")
+    script = request.get("script", info.get("script"))
+    labels = request.get("labels", info.get("action_labels", info.get("labels")))
+    number = request.get("chunk")
+    return ParsedChunk(_video(value, settings.max_video_bytes) if value is not None else None,
+                       _script(script, settings) if script is not None else None,
+                       _chunk_number(number) if number is not None else None,
+                       _labels(labels, settings) if labels is not None else None)
+
+
+def _script(value: Any, settings: HandlerSettings) -> str:
+    script = _text(value, "field 'script'")
+    if len(script) > settings.max_script_chars:
+        raise BadRequest(f"the script has {len(script):,} characters, over the limit of "
+                         f"{settings.max_script_chars:,} (handler.max_script_chars in model-config.yaml)")
+    return script
+
+
+def _chunk_number(value: Any) -> int:
+    text = _text(value, "field 'chunk'").strip()[:40] if isinstance(value, (bytes, bytearray, str)) else value
+    if isinstance(text, str):
+        if not text.isdigit():
+            raise BadRequest(f"field 'chunk' must be the chunk's number in its stream (0, 1, ...), not {text!r}")
+        text = int(text)
+    if isinstance(text, bool) or not isinstance(text, int) or not 0 <= text < MAX_CHUNK_NUMBER:
+        raise BadRequest(f"field 'chunk' must be the chunk's number in its stream (0, 1, ...), not {str(text)[:40]}")
+    return text
 
 
 def parse_json(value: bytes | bytearray | str, what: str, max_bytes: int, max_depth: int) -> Any:
