@@ -3,6 +3,7 @@
     python request.py                                   # demo.mp4 + demo.info.json
     python request.py --video clip.mp4 --info clip.info.json --model-name MMF_model
     python request.py --protocol v2-json                # the open inference (KServe v2) protocol
+    python request.py --live camera.ts --info demo.info.json   # a live stream, chunk by chunk (MMF_model_live)
 
 The info.json holds the video's script and, optionally, its expected
 labels: {"script": "...", "action_labels": ["...", ...]}. The server's JSON
@@ -20,6 +21,16 @@ labels to /predictions/<model>; "v2-json" posts a KServe v2 JSON body to
 same tensors with the KServe/Triton binary tensor extension (raw bytes after
 a JSON header) and asks for the answer in binary too.
 
+Live streams (--live SOURCE: a file, a file still being written with --follow,
+a camera with --input-format, an RTSP or HTTP URL): the source is cut into
+chunks at its key frames without re-encoding (re-encoded only when it must
+be), each sent at real-time pace (--as-fast-as-possible for files) with the
+stream's sequence id to /predictions/MMF_model_live; one line per answer
+(stream time, labels, what started or ended); the stream is ended on exit or
+Ctrl-C; the answers go to --output as JSON lines, and --plot draws them.
+A chunk the server refuses is reported and the stream goes on (exit code 1
+at the end).
+
 Exit codes:
     0  the server answered with the labels
     1  the server answered with an error (HTTP 4xx/5xx, its message is printed;
@@ -34,12 +45,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import requests
 
 from minimmf.serving import kserve_v2
+from minimmf.serving.chunking import Chunk, ChunkingError, cut_chunks, open_source
 from minimmf.serving.kserve_v2 import ANSWER_OUTPUT
 
 EXIT_OK, EXIT_SERVER_ERROR, EXIT_INPUT_ERROR, EXIT_CANNOT_CONNECT = 0, 1, 2, 3
@@ -58,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--video", type=Path, default=Path("demo.mp4"))
     parser.add_argument("--info", type=Path, default=Path("demo.info.json"))
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="TorchServe's inference address")
-    parser.add_argument("--model-name", default="MMF_model")
+    parser.add_argument("--model-name", help="default: MMF_model, with --live MMF_model_live")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="multipart")
     keys = parser.add_mutually_exclusive_group()
     keys.add_argument("--key-file", type=Path, default=Path("key_file.json"),
@@ -72,7 +85,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="draw the timeline's scores against time as a heatmap (with --segment-seconds)")
     parser.add_argument("--output", type=Path, default=Path("response.txt"))
     parser.add_argument("--timeout", type=float, default=300.0)
-    return parser.parse_args(argv)
+    live = parser.add_argument_group("live streams")
+    live.add_argument("--live", metavar="SOURCE", help="send SOURCE (a file, a device, an RTSP or HTTP URL) as a "
+                                                        "live stream, chunk by chunk, instead of --video")
+    live.add_argument("--chunk-seconds", type=float, default=1.0, help="seconds per chunk (cut at the next key "
+                                                                       "frame; default 1)")
+    live.add_argument("--as-fast-as-possible", action="store_true",
+                      help="send a file's chunks without waiting for real time")
+    live.add_argument("--input-format", metavar="FMT", help="FFmpeg's input format, for a device (v4l2, avfoundation, "
+                                                           "dshow, ...)")
+    live.add_argument("--follow", type=float, metavar="S", help="SOURCE is a file still being written: read it until "
+                                                                "it has not grown for S seconds")
+    live.add_argument("--stream-id", help="the stream's sequence id (default: TorchServe makes one)")
+    args = parser.parse_args(argv)
+    args.model_name = args.model_name or ("MMF_model_live" if args.live else "MMF_model")
+    if args.live is not None and args.segment_seconds is not None:
+        parser.error("--segment-seconds is for whole videos; the live model answers its own windows")
+    if args.chunk_seconds <= 0:
+        parser.error("--chunk-seconds must be > 0")
+    return args
 
 
 def read_video(path: Path) -> bytes:
@@ -208,7 +239,7 @@ def report_answer(answer: dict[str, Any]) -> None:
             print(f"  {window['start']:7.2f} - {window['end']:7.2f} s  {labels}")
 
 
-def plot_timeline(answer: dict[str, Any], path: Path) -> None:
+def plot_timeline(answer: dict[str, Any], path: Path, title: str | None = None) -> None:
     """The timeline's scores as a heatmap: actions (rows) against time (columns)."""
     import matplotlib
 
@@ -223,7 +254,8 @@ def plot_timeline(answer: dict[str, Any], path: Path) -> None:
     image = axis.pcolormesh(edges, range(len(actions) + 1), scores, vmin=0, vmax=1, cmap="viridis")
     axis.set_yticks([row + 0.5 for row in range(len(actions))], actions, fontsize=8)
     axis.set_xlabel("seconds")
-    axis.set_title(f"labels against time ({answer['segment_seconds']:g} s windows; threshold {answer['threshold']:g})")
+    axis.set_title(title or f"labels against time ({answer['segment_seconds']:g} s windows; "
+                            f"threshold {answer['threshold']:g})")
     figure.colorbar(image, ax=axis, label="probability")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -264,8 +296,128 @@ def finish(args: argparse.Namespace, response: requests.Response) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------ live streams
+
+
+class LiveStreamStopped(Exception):
+    """The server cannot go on with the stream; the message says why and what to do."""
+
+
+class LiveClient:
+    """One live stream: its chunks sent in order with its sequence id, each
+    answer printed and kept, and the stream ended at the close."""
+
+    def __init__(self, args: argparse.Namespace, script: str, token: str | None):
+        self.args, self.script = args, script
+        self.url = f"{args.url.rstrip('/')}/predictions/{args.model_name}"
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.stream_id: str | None = args.stream_id
+        self.offset = 0.0  # source seconds of the server's stream time 0 (moves when the server starts it again)
+        self.windows: list[dict[str, Any]] = []  # answered windows, in source seconds
+        self.refused = 0
+
+    def send(self, chunk: Chunk) -> dict[str, Any] | None:
+        """Send one chunk; its answer, or None for a chunk the server refused (the stream goes on)."""
+        files = {"data": (f"chunk{chunk.number}.mkv", chunk.data, "application/octet-stream"),
+                 "script": (None, self.script, "text/plain; charset=utf-8"), "chunk": (None, str(chunk.number))}
+        response = requests.post(self.url, files=files, headers=self._headers(), timeout=self.args.timeout)
+        self.stream_id = response.headers.get("ts_request_sequence_id") or self.stream_id
+        if response.status_code in (400, 409) and not is_refused_key(response):
+            self.refused += 1
+            print(f"chunk {chunk.number} ({chunk.start:.2f}-{chunk.end:.2f} s): HTTP {response.status_code}: "
+                  f"{error_message(response)}", file=sys.stderr)
+            return None
+        if not response.ok:
+            raise LiveStreamStopped(self._stopped_message(response))
+        try:
+            answer = response.json()
+        except ValueError:
+            raise LiveStreamStopped(f"the answer to chunk {chunk.number} is not the live model's JSON: "
+                                    f"{response.text[:200]!r}; is --model-name the live model?") from None
+        if answer.get("state_lost"):
+            self.offset = chunk.start
+            print(f"chunk {chunk.number}: {answer['state_lost']}", file=sys.stderr)
+        return answer
+
+    def end(self) -> None:
+        """End the stream on the server (it frees the stream's state and its place)."""
+        if self.stream_id is None:
+            return
+        headers = {**self._headers(), "ts_request_sequence_end": "true"}
+        try:
+            requests.post(self.url, headers=headers, timeout=self.args.timeout)
+        except requests.RequestException as problem:
+            print(f"warning: could not end the stream {self.stream_id}: {problem}", file=sys.stderr)
+
+    def report(self, answer: dict[str, Any]) -> None:
+        window = answer.get("window")
+        if window is None:
+            return
+        start, end = window["start"] + self.offset, window["end"] + self.offset
+        self.windows.append({**window, "start": start, "end": end})
+        changes = [f"+{label}" for label in answer["started"]] + [f"-{label}" for label in answer["ended"]]
+        print(f"{end:8.2f} s  [{start:7.2f} - {end:7.2f}]  {', '.join(window['labels']) or '-'}"
+              + (f"   ({', '.join(changes)})" if changes else ""), flush=True)
+
+    def plot(self, path: Path, threshold: float) -> None:
+        """Each answer as a column from the previous answer's end to its own: what was happening then."""
+        columns, previous = [], 0.0
+        for window in self.windows:
+            columns.append({**window, "start": previous})
+            previous = window["end"]
+        plot_timeline({"timeline": columns, "threshold": threshold}, path,
+                      title=f"live stream: each column the window ending there (threshold {threshold:g})")
+
+    def _headers(self) -> dict[str, str]:
+        return {**self.headers, **({"ts_request_sequence_id": self.stream_id} if self.stream_id else {})}
+
+    def _stopped_message(self, response: requests.Response) -> str:
+        message = f"HTTP {response.status_code} from {response.url}: {error_message(response)}"
+        if is_refused_key(response):
+            return f"{message}\n{refused_key_advice(self.args)}"
+        if response.status_code == 503:
+            return (f"{message}\nTorchServe holds as many streams as the live model's maxNumSequence (its "
+                    "model-config.yaml) and this one is over: wait for a stream to end, or raise maxNumSequence "
+                    "(and handler.live.max_streams) and register the model again")
+        if "Worker died" in response.text:
+            return (f"{message}\nTorchServe 0.12 cannot restart a worker of a model with sequence batching: "
+                    "unregister the live model and register it again (README, \"Live streams\")")
+        return message
+
+
+def run_live(args: argparse.Namespace, info: dict[str, Any], token: str | None) -> int:
+    """``--live``: the source's chunks, sent in order at real-time pace, each answer printed."""
+    container = open_source(args.live, input_format=args.input_format, follow=args.follow)
+    client = LiveClient(args, info["script"], token)
+    paced = not args.as_fast_as_possible and args.follow is None and Path(args.live).is_file()
+    began, threshold = time.monotonic(), None
+    try:
+        with container, open(args.output, "w", encoding="utf-8") as output:
+            for chunk in cut_chunks(container, args.chunk_seconds):
+                if paced:  # a file's chunk is sent when it would have been recorded
+                    time.sleep(max(0.0, began + chunk.end - time.monotonic()))
+                answer = client.send(chunk)
+                if answer is not None:
+                    output.write(json.dumps(answer) + "\n")
+                    threshold = answer["threshold"]
+                    client.report(answer)
+    except KeyboardInterrupt:
+        print("stopped: ending the stream", file=sys.stderr)
+    finally:
+        client.end()
+    if args.plot is not None and client.windows:
+        client.plot(args.plot, threshold)
+        print(f"timeline plot: {args.plot}")
+    if client.refused:
+        return error(f"the server refused {client.refused} chunk(s) (above); the others were answered",
+                     EXIT_SERVER_ERROR)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.live is not None:
+        return live_main(args)
     try:
         check_output(args.output)
         video, info, token = read_video(args.video), read_info(args.info), inference_token(args)
@@ -283,6 +435,23 @@ def main(argv: list[str] | None = None) -> int:
         return finish(args, response)
     except OSError as problem:
         return error(f"cannot write {args.output}: {problem}", EXIT_INPUT_ERROR)
+
+
+def live_main(args: argparse.Namespace) -> int:
+    try:
+        check_output(args.output)
+        info, token = read_info(args.info), inference_token(args)
+        return run_live(args, info, token)
+    except LiveStreamStopped as problem:
+        return error(str(problem), EXIT_SERVER_ERROR)
+    except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
+            requests.exceptions.InvalidURL) as problem:
+        return error(f"--url {args.url} is not an http(s) address: {problem}", EXIT_INPUT_ERROR)
+    except requests.RequestException as problem:  # before OSError, which it is
+        return error(f"cannot connect to TorchServe at {args.url}: {problem}. Is it running (scripts/serve.sh "
+                     "status), and is --url its inference address?", EXIT_CANNOT_CONNECT)
+    except (InputError, ChunkingError, OSError) as problem:
+        return error(str(problem), EXIT_INPUT_ERROR)
 
 
 if __name__ == "__main__":
