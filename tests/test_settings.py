@@ -1,6 +1,7 @@
-"""The handler's settings: one declaration (HandlerSettings), from which
-model-config.yaml's handler: block and README's table are generated; the
-checks of each value, and the renamed settings."""
+"""The handler's settings: one declaration (HandlerSettings, and LiveSettings
+for the live model's handler.live), from which model-config.yaml's and
+model-config-live.yaml's handler: blocks and README's tables are generated;
+the checks of each value, and the renamed settings."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 import pytest
 import yaml
 
-from minimmf.serving.settings import HandlerSettings, SettingsError, markdown_table, yaml_section
+from minimmf.serving.settings import HandlerSettings, LiveSettings, SettingsError, markdown_table, yaml_section
 from tests.conftest import ROOT
 
 
@@ -24,11 +25,62 @@ def test_readme_holds_the_generated_settings_table():
         "regenerate it: python -m minimmf.serving.settings markdown"
 
 
+def live_yaml() -> dict:
+    return yaml.safe_load((ROOT / "model-config-live.yaml").read_text())
+
+
+def test_the_live_model_config_holds_the_generated_handler_block():
+    shipped = (ROOT / "model-config-live.yaml").read_text()
+    assert yaml_section(live=True) in shipped, "regenerate it: python -m minimmf.serving.settings yaml-live"
+    assert HandlerSettings.from_model_yaml(yaml.safe_load(shipped)) == HandlerSettings(live=LiveSettings())
+    assert markdown_table(LiveSettings) in (ROOT / "README.md").read_text(), \
+        "regenerate it: python -m minimmf.serving.settings markdown-live"
+    # the same workers as the model for whole videos, with sequence batching on
+    plain = yaml.safe_load((ROOT / "model-config.yaml").read_text())
+    live = live_yaml()
+    assert {key: live[key] for key in ("minWorkers", "maxWorkers", "responseTimeout")} == \
+        {key: plain[key] for key in ("minWorkers", "maxWorkers", "responseTimeout")}
+    assert live["sequenceBatching"] and live["continuousBatching"] and live["sequenceMaxIdleMSec"] > 0
+    assert live["handler"]["live"]["max_streams"] >= live["maxNumSequence"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"handler": {"live": {"window_seconds": 0}}}, "handler.live.window_seconds must be seconds > 0"),
+    ({"handler": {"live": {"max_streams": "8"}}}, "handler.live.max_streams must be an int"),
+    ({"handler": {"live": {"max_streams": 4}}}, "must hold at least the 8 streams one batch may bring"),
+    ({"handler": {"live": {"window": 3}}}, "unknown handler.live setting(s) ['window']"),
+    ({"handler": {"live": [1]}}, "'handler.live' must be a mapping"),
+    ({"sequenceMaxIdleMSec": 0}, "sequenceBatching needs sequenceMaxIdleMSec > 0"),
+    ({"sequenceBatching": False}, "handler.live is for a live model: it needs sequenceBatching: true"),
+])
+def test_bad_live_settings_name_the_setting(change, message):
+    config = live_yaml()
+    for key, value in change.items():
+        if key == "handler":
+            config["handler"]["live"] = value["live"] if not isinstance(value["live"], dict) else \
+                {**config["handler"]["live"], **value["live"]}
+        else:
+            config[key] = value
+    with pytest.raises(SettingsError) as error:
+        HandlerSettings.from_model_yaml(config)
+    assert message in str(error.value)
+
+
+def test_a_live_model_without_continuous_batching_is_warned_about(caplog):
+    config = {**live_yaml(), "continuousBatching": False}
+    with caplog.at_level(logging.WARNING, logger="minimmf"):
+        assert HandlerSettings.from_model_yaml(config).live == LiveSettings()
+    assert "frees its maxNumSequence slot only after sequenceMaxIdleMSec" in caplog.text
+
+
 def test_every_setting_is_described():
-    section = yaml.safe_load(yaml_section())["handler"]
-    assert list(section) == list(HandlerSettings.__dataclass_fields__)
-    for name, field in HandlerSettings.__dataclass_fields__.items():
-        assert field.metadata["doc"], name
+    section = yaml.safe_load(yaml_section(live=True))["handler"]
+    live = section.pop("live")
+    for declared, generated in ((HandlerSettings, section), (LiveSettings, live)):
+        fields = {name: f for name, f in declared.__dataclass_fields__.items() if "section" not in f.metadata}
+        assert list(generated) == list(fields)
+        for name, field in fields.items():
+            assert field.metadata["doc"], name
 
 
 def test_values_are_typed():

@@ -1,0 +1,92 @@
+"""The client's chunker on real encoded videos: cut at key frames without
+re-encoding, the chunks decode to exactly the source's frames and samples;
+re-encoded only when it must be (key frames too far apart, uncompressed
+video); and request.py --live's local errors."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+
+from minimmf.serving.chunking import ChunkingError, cut_chunks, open_source
+from minimmf.utils.video_writer import write_video
+from tests.conftest import ROOT
+from tests.live_media import FPS, chunks_of, recorded_video
+from tests.media import decode_all_audio, decode_all_frames
+
+
+def frames_and_sound(chunks) -> tuple[np.ndarray, np.ndarray]:
+    pieces = [(decode_all_frames(io.BytesIO(c.data)), decode_all_audio(io.BytesIO(c.data))) for c in chunks]
+    return np.concatenate([f for f, _ in pieces]), np.concatenate([a for _, a in pieces], axis=1)
+
+
+def test_chunks_are_the_source_cut_at_key_frames(tmp_path):
+    video = recorded_video(tmp_path / "v.mkv", seconds=6, keyframe_every=FPS // 2)
+    chunks = chunks_of(video, 1.0)
+    assert [(c.number, c.start, c.end, c.frames, c.reencoded) for c in chunks] == \
+        [(n, float(n), float(n + 1), FPS, False) for n in range(6)]
+    for chunk in chunks:
+        with av.open(io.BytesIO(chunk.data)) as container:
+            assert container.format.name == "matroska,webm"
+            first = next(p for p in container.demux(video=0) if p.size)
+            assert first.is_keyframe
+    frames, sound = frames_and_sound(chunks)
+    assert np.array_equal(frames, decode_all_frames(str(video)))  # the packets themselves, not re-encoded
+    assert np.array_equal(sound, decode_all_audio(str(video)))
+
+
+def test_half_second_chunks_and_a_short_tail(tmp_path):
+    video = recorded_video(tmp_path / "v.mkv", seconds=3, keyframe_every=FPS // 2)
+    chunks = chunks_of(video, 0.5)
+    assert [c.frames for c in chunks] == [FPS // 2] * 6
+    chunks = chunks_of(video, 2.0)
+    assert [(c.start, c.end, c.frames) for c in chunks] == [(0.0, 2.0, 2 * FPS), (2.0, 3.0, FPS)]
+
+
+def test_key_frames_too_far_apart_are_re_encoded(tmp_path):
+    video = recorded_video(tmp_path / "sparse.mkv", seconds=8, keyframe_every=1000)
+    chunks = chunks_of(video, 1.0)
+    assert all(c.reencoded for c in chunks) and [c.frames for c in chunks] == [FPS] * 8
+    frames, sound = frames_and_sound(chunks)
+    original = decode_all_frames(str(video))
+    assert frames.shape == original.shape
+    assert np.abs(frames.astype(int) - original.astype(int)).mean() < 12  # lossy, but the same pictures
+    assert np.array_equal(sound, decode_all_audio(str(video)))  # the sound is still copied
+
+
+def test_uncompressed_video_is_re_encoded(tmp_path):
+    frames = [np.full((48, 64, 3), 10 * i, dtype=np.uint8) for i in range(25)]
+    video = write_video(tmp_path / "raw.mkv", frames, fps=FPS, video_codec="rawvideo", pix_fmt="yuv420p")
+    chunks = chunks_of(video, 1.0)
+    assert [c.frames for c in chunks] == [10, 10, 5] and all(c.reencoded for c in chunks)
+    assert sum(len(c.data) for c in chunks) < video.stat().st_size / 5
+    with av.open(io.BytesIO(chunks[0].data)) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
+
+
+def test_a_source_without_video_is_refused(tmp_path):
+    sound = write_video(tmp_path / "sound.mkv", None, audio=np.zeros((1, 16000), np.float32), audio_codec="aac")
+    with open_source(str(sound)) as container, pytest.raises(ChunkingError, match="no video stream"):
+        list(cut_chunks(container))
+    with pytest.raises(ChunkingError, match="cannot open"):
+        open_source(str(tmp_path / "missing.mkv"))
+
+
+@pytest.mark.parametrize(("args", "code", "phrase"), [
+    (["--live", "missing.mkv"], 2, "cannot open missing.mkv"),
+    (["--live", "v.mkv", "--segment-seconds", "1"], 2, "--segment-seconds is for whole videos"),
+    (["--live", "v.mkv", "--chunk-seconds", "0"], 2, "--chunk-seconds must be > 0"),
+    (["--live", "v.mkv"], 3, "cannot connect to TorchServe"),
+])
+def test_request_live_local_errors(tmp_path, args, code, phrase):
+    recorded_video(tmp_path / "v.mkv", seconds=2)
+    (tmp_path / "demo.info.json").write_text('{"script": "A person."}')
+    result = subprocess.run([sys.executable, str(ROOT / "request.py"), *args, "--no-token", "--url",
+                             "http://127.0.0.1:9"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == code, result.stderr
+    assert phrase in result.stderr and "Traceback" not in result.stderr
