@@ -46,6 +46,7 @@ bench: install save/mmf_transformer_final.pth
 	$(BIN)/python bench/precision.py
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/timeline.py
+	$(BIN)/python bench/live.py
 	$(BIN)/python bench/hostile.py
 	$(BIN)/python bench/soak.py
 

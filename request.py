@@ -90,6 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                         "live stream, chunk by chunk, instead of --video")
     live.add_argument("--chunk-seconds", type=float, default=1.0, help="seconds per chunk (cut at the next key "
                                                                        "frame; default 1)")
+    live.add_argument("--max-chunk-seconds", type=float, metavar="S",
+                      help="key frames further apart than this are re-encoded (default: 4 x --chunk-seconds, 4 s "
+                           "at least)")
     live.add_argument("--as-fast-as-possible", action="store_true",
                       help="send a file's chunks without waiting for real time")
     live.add_argument("--input-format", metavar="FMT", help="FFmpeg's input format, for a device (v4l2, avfoundation, "
@@ -390,10 +393,15 @@ def run_live(args: argparse.Namespace, info: dict[str, Any], token: str | None) 
     container = open_source(args.live, input_format=args.input_format, follow=args.follow)
     client = LiveClient(args, info["script"], token)
     paced = not args.as_fast_as_possible and args.follow is None and Path(args.live).is_file()
-    began, threshold = time.monotonic(), None
+    began, threshold, reencoded = time.monotonic(), None, False
     try:
         with container, open(args.output, "w", encoding="utf-8") as output:
-            for chunk in cut_chunks(container, args.chunk_seconds):
+            for chunk in cut_chunks(container, args.chunk_seconds, args.max_chunk_seconds):
+                if chunk.reencoded and not reencoded:
+                    reencoded = True
+                    print(f"note: from {chunk.start:.2f} s the source is re-encoded (H.264, a key frame every "
+                          "chunk): it is uncompressed, or its key frames are too far apart to cut it as it is",
+                          file=sys.stderr)
                 if paced:  # a file's chunk is sent when it would have been recorded
                     time.sleep(max(0.0, began + chunk.end - time.monotonic()))
                 answer = client.send(chunk)

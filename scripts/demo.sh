@@ -2,7 +2,8 @@
 # The end-to-end demo (make demo): synthetic Charades data -> mmf_run training
 # of the tiny config -> torch-model-archiver -> TorchServe (token auth on) ->
 # registration -> request.py on held-out videos, printed beside their true
-# labels, and a timeline of one -> TorchServe stopped. Exits non-zero on any failure.
+# labels, a timeline of one, and the same one as a live stream -> TorchServe stopped.
+# Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${BIN:-.venv/bin}"
@@ -18,7 +19,7 @@ step "1/6 synthetic Charades dataset in $DATA_DIR"
 step "2/6 training the tiny config with mmf_run (a few minutes on a CPU)"
 scripts/train.sh "$@"
 
-step "3/6 archiving model_store/MMF_model.mar"
+step "3/6 archiving model_store/MMF_model.mar and MMF_model_live.mar"
 scripts/archive.sh "$SAVE_DIR"
 
 step "4/6 starting TorchServe"
@@ -41,3 +42,8 @@ echo "--- when, not only what: a timeline of 0.5 s windows for a held-out video 
 read -r video info < "$SAVE_DIR/demo_timeline.txt"
 "$BIN/python" request.py --video "$video" --info "$info" --segment-seconds 0.5 --plot "$SAVE_DIR/timeline.png" \
     --output "$SAVE_DIR/demo_requests/timeline.response.json"
+
+echo "--- what is happening now: the same video sent as a live stream to MMF_model_live, chunk by chunk"
+MODEL_NAME=MMF_model_live scripts/serve.sh register
+"$BIN/python" request.py --live "$video" --info "$info" --chunk-seconds 0.5 --max-chunk-seconds 1 \
+    --plot "$SAVE_DIR/live.png" --output "$SAVE_DIR/demo_requests/live.jsonl"

@@ -74,10 +74,11 @@ def open_source(source: str, options: dict[str, str] | None = None, input_format
 def cut_chunks(container: av.container.InputContainer, chunk_seconds: float = 1.0,
                max_chunk_seconds: float | None = None) -> Iterator[Chunk]:
     """The chunks of ``container``'s first video stream (and first audio
-    stream), as they become complete."""
+    stream), as they become complete; key frames further apart than
+    ``max_chunk_seconds`` (default: 4 x ``chunk_seconds``, 4 s at least) are re-encoded."""
     if not container.streams.video:
         raise ChunkingError("the source has no video stream")
-    cutter = _Cutter(container, chunk_seconds, max_chunk_seconds or max(4 * chunk_seconds, 5.0))
+    cutter = _Cutter(container, chunk_seconds, max_chunk_seconds or max(4 * chunk_seconds, 4.0))
     yield from cutter.run()
 
 

@@ -107,9 +107,8 @@ class WindowGrid:
 
 @dataclass(frozen=True)
 class Window:
-    """A window due for an answer: its number, seconds and model input."""
+    """A window due for an answer: its seconds and model input."""
 
-    number: int
     start: float
     end: float
     clip: DecodedClip
@@ -230,7 +229,7 @@ class LiveStream:
                 audio = audio[:, :round(end * rate) - grid.audio_start(k, rate)]
         clip = DecodedClip(video=video, audio=audio, audio_sample_rate=rate, num_video_frames=self.frames_seen,
                            video_fps=self.fps, start=start, end=end)
-        return Window(k, start, end, clip)
+        return Window(start, end, clip)
 
     def _drop_answered(self, grid: WindowGrid) -> None:
         """Keep only what the windows after the one just answered need."""
@@ -262,6 +261,7 @@ class LiveBatch:
 
     prepared: PreparedBatch
     results: dict[int, ChunkResult] = field(default_factory=dict)
+    stream_ids: set[str | None] = field(default_factory=set)  # of every request, answered or refused
     decode_seconds: float = 0.0
 
 
@@ -308,11 +308,10 @@ class LiveStreams:
         chunks complete."""
         now = self.clock()
         self._drop_idle(now)
-        batch = LiveBatch(prepared)
-        in_batch = {request.stream_id for request in requests.values()}
+        batch = LiveBatch(prepared, stream_ids={request.stream_id for request in requests.values()})
         for index, request in requests.items():
             with batch.prepared.catch(index):
-                result = self._receive(request, in_batch, now, batch)
+                result = self._receive(request, batch.stream_ids, now, batch)
                 if result.window is not None:
                     result.row = len(batch.prepared.samples)
                     batch.prepared.samples.append(self._sample(result.stream, result.window))
@@ -320,7 +319,12 @@ class LiveStreams:
         return batch
 
     def answers(self, batch: LiveBatch, probabilities: torch.Tensor | None) -> dict[int, dict[str, Any]]:
-        """The JSON answer of each request that has no error, by its index."""
+        """The JSON answer of each request that has no error, by its index. The
+        batch's streams were last used now: TorchServe's idle clock starts at the answer too."""
+        now = self.clock()
+        for stream_id in batch.stream_ids:
+            if stream_id in self.streams:
+                self.streams[stream_id].last_use = now
         return {index: self._answer(result, probabilities) for index, result in batch.results.items()}
 
     # ------------------------------------------------------------ streams
@@ -333,7 +337,6 @@ class LiveStreams:
         stream_id = request.stream_id
         stream = self.streams.get(stream_id)
         if stream is not None:
-            stream.last_use = now  # TorchServe counts any request as activity
             if parsed.chunk is not None and stream.last_chunk is not None and parsed.chunk <= stream.last_chunk:
                 raise DuplicateChunk(f"chunk {parsed.chunk} of this stream was already received (the last was "
                                      f"{stream.last_chunk}): send each chunk once, in order")

@@ -1,0 +1,246 @@
+#!/usr/bin/env python
+"""Live streams through a real TorchServe (the live model, sequence
+batching), demo model, on this machine: chunks of 1 s cut from a 30 s 480p
+H.264+AAC video (a key frame every second, as a camera writes them), each
+stream sending its chunks at real-time pace.
+
+1. Latency from the moment a chunk is complete (its last frame recorded) to
+   its answer, p50/p95, for 1, 2, 4 and 8 concurrent streams (each starting
+   at its own fraction of a second); the most streams, each answered every
+   second, that keep p95 within 1 s (the sweep goes on past 8 while they do);
+   and the state one stream holds (the handler's own count, in-process).
+2. Against what users do today, re-sending the whole window (the last
+   ``window_seconds``, cut at key frames without re-encoding) as a video
+   every second to the model for whole videos: bytes sent, decode time and
+   the server's CPU time (worker and frontend) per second of stream.
+
+Needs the demo model (`make demo`, ./save). Writes bench/results/live.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import av
+import numpy as np
+import psutil
+import requests
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from devtools.worker import extract, handle, load_handler  # noqa: E402
+from minimmf.serving.chunking import Chunk, cut_chunks, open_source  # noqa: E402
+from minimmf.serving.torchserve import TorchServe, archive_model  # noqa: E402
+from minimmf.utils.video_writer import tone, write_video  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+CACHE = ROOT / "bench" / ".cache"
+SCRIPT = "A person opens the door, then sits down on the sofa and watches television."
+LIVE, WHOLE = "MMF_model_live", "MMF_model"
+TARGET_P95 = 1.0
+
+
+def camera_video(seconds: int, width: int = 854, height: int = 480, fps: int = 30) -> Path:
+    """An H.264 + AAC video with motion and sound and a key frame every second, cached between runs."""
+    path = CACHE / f"camera_{seconds}s_{height}p.mp4"
+    if path.is_file():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    base = np.random.default_rng(seconds).integers(0, 255, size=(height, width, 3), dtype=np.uint8)
+    frames = (np.roll(base, shift=index * 4, axis=1) for index in range(seconds * fps))
+    write_video(path, frames, fps=fps, audio=tone(seconds, 48000, amplitude=0.3, channels=2), audio_rate=48000,
+                video_options={"preset": "ultrafast", "crf": "28",
+                               "x264-params": f"keyint={fps}:min-keyint={fps}:scenecut=0"})
+    return path
+
+
+def window_video(source: Path, start: float, end: float) -> bytes:
+    """The source's packets of [start, end) seconds as one Matroska video: what a user cuts today."""
+    buffer = io.BytesIO()
+    with av.open(str(source)) as inp, av.open(buffer, "w", format="matroska") as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in (inp.streams.video[0], inp.streams.audio[0])}
+        for packet in inp.demux(inp.streams.video[0], inp.streams.audio[0]):
+            if packet.size and packet.pts is not None and start <= float(packet.pts * packet.time_base) < end:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+    return buffer.getvalue()
+
+
+def server_cpu_seconds(serve: TorchServe) -> float:
+    """CPU seconds the TorchServe frontend and its workers have used."""
+    frontend = psutil.Process(int(serve.pid_file.read_text()))
+    return sum(sum(p.cpu_times()[:2]) for p in [frontend, *frontend.children(recursive=True)])
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def run_streams(serve: TorchServe, chunks: list[Chunk], streams: int) -> dict:
+    """``streams`` clients at once, each sending ``chunks`` at real-time pace
+    (starting at its own fraction of a second); every chunk's latency."""
+    url = serve.url("inference") + f"/predictions/{LIVE}"
+    latencies: list[float] = []
+    behind = threading.Event()
+    began = time.monotonic() + 0.5
+
+    def client(index: int) -> None:
+        start, stream_id, session = began + index / streams, None, requests.Session()
+        for chunk in chunks:
+            complete = start + chunk.end
+            time.sleep(max(0.0, complete - time.monotonic()))
+            headers = {**serve.headers("inference"), **({"ts_request_sequence_id": stream_id} if stream_id else {})}
+            response = session.post(url, headers=headers, timeout=300,
+                                    files={"data": ("c.mkv", chunk.data), "script": (None, SCRIPT),
+                                           "chunk": (None, str(chunk.number))})
+            response.raise_for_status()
+            stream_id = response.headers["ts_request_sequence_id"]
+            latencies.append(time.monotonic() - complete)
+            if time.monotonic() - complete > 2 * TARGET_P95:
+                behind.set()
+        session.post(url, headers={**serve.headers("inference"), "ts_request_sequence_id": stream_id,
+                                   "ts_request_sequence_end": "true"}, timeout=300)
+
+    cpu = server_cpu_seconds(serve)
+    with ThreadPoolExecutor(max_workers=streams) as pool:
+        list(pool.map(client, range(streams)))
+    cpu = server_cpu_seconds(serve) - cpu
+    seconds = chunks[-1].end * streams
+    return {"streams": streams, "chunks": len(latencies), "p50_s": percentile(latencies, 50),
+            "p95_s": percentile(latencies, 95), "max_s": max(latencies), "fell_behind": behind.is_set(),
+            "server_cpu_s_per_stream_second": cpu / seconds}
+
+
+def today(serve: TorchServe, video: Path, window: float, seconds: int) -> dict:
+    """Every second, the last ``window`` seconds sent as a video to the model for whole videos."""
+    url = serve.url("inference") + f"/predictions/{WHOLE}"
+    windows = [window_video(video, max(0.0, end - window), end) for end in range(1, seconds + 1)]
+    cpu, latencies = server_cpu_seconds(serve), []
+    for data in windows:
+        started = time.monotonic()
+        response = requests.post(url, headers=serve.headers("inference"), timeout=300,
+                                 files={"data": ("w.mkv", data), "script": (None, SCRIPT)})
+        response.raise_for_status()
+        latencies.append(time.monotonic() - started)
+    cpu = server_cpu_seconds(serve) - cpu
+    return {"bytes_per_second": statistics.mean(len(w) for w in windows[int(window):]) if seconds > window
+            else statistics.mean(len(w) for w in windows),
+            "server_cpu_s_per_stream_second": cpu / seconds, "p50_s": percentile(latencies, 50),
+            "windows": windows}
+
+
+def decode_seconds(model_dir: Path, chunks: list[Chunk], windows: list[bytes], config: dict) -> dict:
+    """Decoding per second of stream, in-process: each 1 s chunk once, against each window video whole;
+    and the most state one stream held."""
+    handler, context = load_handler(model_dir, config, name=LIVE)
+    maker, states = handler.predictor.sample_maker, []
+    live = time.perf_counter()
+    for chunk in chunks:
+        handle(handler, context, [{"data": bytearray(chunk.data), "script": SCRIPT,
+                                   "chunk": str(chunk.number)}], [{"ts_request_sequence_id": "bench"}])
+        states.append(handler.live.streams["bench"].state_bytes())
+    handled = time.perf_counter() - live
+    started = time.perf_counter()
+    for chunk in chunks:
+        maker.decode_chunk(chunk.data, lambda info: set(range(info.num_frames)))
+    chunk_decode = time.perf_counter() - started
+    started = time.perf_counter()
+    for data in windows:
+        maker.decode_plan(data, handler.predictor.video_clips)
+    window_decode = time.perf_counter() - started
+    seconds = chunks[-1].end
+    return {"live_decode_s_per_second": chunk_decode / seconds, "today_decode_s_per_second": window_decode / seconds,
+            "live_handler_s_per_second": handled / seconds, "state_bytes_max": max(states),
+            "state_bytes_bound": handler.live.kept_frames_bound() * int(
+                maker.transform_frames(np.zeros((1, 480, 854, 3), np.uint8))[0].nbytes)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--save-dir", type=Path, default=ROOT / "save")
+    parser.add_argument("--seconds", type=int, default=30, help="length of each stream")
+    parser.add_argument("--streams", default="1,2,4,8", help="concurrent streams to measure")
+    parser.add_argument("--no-search", action="store_true", help="stop after --streams, even when all keep up")
+    args = parser.parse_args(argv)
+    if not (args.save_dir / "mmf_transformer_final.pth").is_file():
+        print(f"no demo model in {args.save_dir}: run `make demo` first", file=sys.stderr)
+        return 2
+    video = camera_video(args.seconds)
+    with open_source(str(video)) as container:
+        chunks = list(cut_chunks(container, 1.0))
+    assert not any(chunk.reencoded for chunk in chunks)
+    config = yaml.safe_load((ROOT / "model-config-live.yaml").read_text())
+    window = float(config["handler"]["live"]["window_seconds"])
+    with tempfile.TemporaryDirectory() as folder:
+        workdir = Path(folder)
+        store = workdir / "store"
+        archive_model(args.save_dir, store, model_config=ROOT / "model-config-live.yaml", name=LIVE)
+        archive_model(args.save_dir, store, model_config=ROOT / "model-config.yaml", name=WHOLE)
+        serve = TorchServe.private(workdir, store, ROOT / "config.properties")
+        serve.start()
+        try:
+            for name in (LIVE, WHOLE):
+                serve.register(f"{name}.mar", name).raise_for_status()
+            rows, counts = [], [int(n) for n in args.streams.split(",")]
+            while counts:
+                streams = counts.pop(0)
+                rows.append(run_streams(serve, chunks, streams))
+                print(json.dumps(rows[-1]), flush=True)
+                kept_up = rows[-1]["p95_s"] <= TARGET_P95 and not rows[-1]["fell_behind"]
+                if not counts and kept_up and not args.no_search:
+                    counts = [streams + max(1, streams // 4)]
+            baseline = today(serve, video, window, args.seconds)
+        finally:
+            serve.stop()
+        decoding = decode_seconds(extract(store / f"{LIVE}.mar", workdir / "live"), chunks, baseline.pop("windows"),
+                                  config)
+    sustained = max((row["streams"] for row in rows if row["p95_s"] <= TARGET_P95 and not row["fell_behind"]),
+                    default=0)
+    live_bytes = statistics.mean(len(chunk.data) for chunk in chunks)
+    one = next(row for row in rows if row["streams"] == 1) if any(r["streams"] == 1 for r in rows) else rows[0]
+    comparison = {
+        "bytes_sent_per_second": {"live": live_bytes, "today": baseline["bytes_per_second"]},
+        "decode_s_per_second": {"live": decoding["live_decode_s_per_second"],
+                                "today": decoding["today_decode_s_per_second"]},
+        "server_cpu_s_per_second": {"live": one["server_cpu_s_per_stream_second"],
+                                    "today": baseline["server_cpu_s_per_stream_second"]},
+    }
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    report = {"machine": machine, "video": f"{args.seconds} s 854x480 H.264+AAC, 30 fps, a key frame every second",
+              "window_seconds": window, "answer_every_seconds": config["handler"]["live"]["answer_every_seconds"],
+              "latency": rows, "sustained_streams_p95_within_1s": sustained,
+              "state_bytes_per_stream": {"max_measured": decoding["state_bytes_max"],
+                                         "bound_480p": decoding["state_bytes_bound"]},
+              "against_resending_the_window": comparison, "today_p50_s": baseline["p50_s"]}
+    print(f"\n{'streams':>7} {'p50 s':>7} {'p95 s':>7} {'max s':>7}  server CPU s per stream-second")
+    for row in rows:
+        print(f"{row['streams']:>7} {row['p50_s']:7.3f} {row['p95_s']:7.3f} {row['max_s']:7.3f}  "
+              f"{row['server_cpu_s_per_stream_second']:.3f}{'  (fell behind)' if row['fell_behind'] else ''}")
+    print(f"sustained real-time streams with p95 <= {TARGET_P95:g} s: {sustained}")
+    print(f"state per stream: {decoding['state_bytes_max']:,} bytes (bound for 480p: "
+          f"{decoding['state_bytes_bound']:,})")
+    for name, values in comparison.items():
+        print(f"{name}: live {values['live']:.4g}, today {values['today']:.4g} "
+              f"({values['today'] / values['live']:.1f}x)")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "live.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"saved {RESULTS / 'live.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
