@@ -19,6 +19,10 @@ predictor, answers); this file is the TorchServe glue. The archive holds the
 weights, ``config.yaml`` (the complete config mmf_run saved), the class list,
 the vocabulary and ``manifest.json``, which names them; model-config.yaml's
 ``handler:`` section holds the settings (``minimmf.serving.settings.HandlerSettings``).
+
+Archived with model-config-live.yaml (sequence batching), the same handler
+serves live streams: each request is a chunk of a stream, answered with what
+its latest window shows (``handle_live``, ``minimmf.serving.live``).
 """
 
 from __future__ import annotations
@@ -99,7 +103,7 @@ class MMFHandler(BaseHandler):
         for index, request in chunks.items():
             if request.stream_id:
                 context.set_response_header(index, context.header_key_sequence_id, request.stream_id)
-                if index in answers and answers[index]["stream_ended"]:  # frees TorchServe's slot for it
+                if request.ends_stream:  # TorchServe frees the stream's place when the answer says so
                     context.set_response_header(index, context.header_key_sequence_end, request.stream_id)
         return [self.describe_handle() if index in batch.describe
                 else self._error(index, *batch.errors[index]) if index in batch.errors

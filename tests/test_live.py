@@ -309,6 +309,15 @@ def test_a_last_chunk_may_end_its_stream(live, videos):
     assert "last" not in handler.live.streams
 
 
+def test_a_refused_last_chunk_still_ends_its_stream(quiet, videos):
+    handler, context, _ = quiet
+    chunks = chunks_of(videos[0])
+    stream(handler, context, "refused", chunks[:1])
+    (status, error), = send(handler, context, ("refused", chunk_request(b"not a video", 1)), end=True)
+    assert status == 400 and "refused" not in handler.live.streams
+    assert context.request_processor[0].get_response_headers()["ts_request_sequence_end"] == "refused"
+
+
 def test_an_idle_stream_is_dropped_and_told(quiet, videos):
     handler, context, clock = quiet
     chunks = chunks_of(videos[0])

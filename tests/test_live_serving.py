@@ -30,7 +30,8 @@ from tests.test_live import SCRIPT, largest_difference, spans, stream
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("java_ready")]
 MODEL = "MMF_model_live"
-IDLE_MS, MAX_SEQUENCES = 4000, 3
+# long enough to open every place before the first idles out, even on a busy machine
+IDLE_MS, MAX_SEQUENCES = 10_000, 3
 
 
 def serving_cli(serve: TorchServe, *args: str) -> subprocess.CompletedProcess:
@@ -96,6 +97,12 @@ def send_stream(serve: TorchServe, chunks, stream_id: str | None = None) -> tupl
     return stream_id, answers
 
 
+def open_streams(serve: TorchServe, chunk, count: int = MAX_SEQUENCES) -> list[str]:
+    """``count`` streams of one chunk each, opened at once."""
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return [stream_id for stream_id, _ in pool.map(lambda _: send_stream(serve, [chunk]), range(count))]
+
+
 def end(serve: TorchServe, stream_id: str) -> requests.Response:
     response = post(serve, None, stream_id, end=True)
     assert response.status_code == 200 and response.json()["stream_ended"], response.text
@@ -131,7 +138,8 @@ def test_interleaved_streams_of_two_videos_answer_as_each_alone_and_as_the_timel
         for live_answer in matched:
             window = live_answer["window"]
             assert largest_difference(window["scores"], timeline[(window["start"], window["end"])]) < 1e-3
-    assert any(largest_difference(a["window"]["scores"], b["window"]["scores"]) > 1e-3
+    # the two streams answer differently (a model of 4 updates tells inputs apart by little, more than rounding)
+    assert all(largest_difference(a["window"]["scores"], b["window"]["scores"]) > 1e-5
                for a, b in zip(first, second, strict=True))
 
 
@@ -150,7 +158,7 @@ def test_a_bad_chunk_gets_400_and_its_stream_goes_on(server, videos):
 def test_ending_a_stream_frees_its_place_and_more_get_503(server, videos):
     serve, _, _ = server
     chunk = chunks_of(videos[0])[0]
-    open_ids = [send_stream(serve, [chunk])[0] for _ in range(MAX_SEQUENCES)]
+    open_ids = open_streams(serve, chunk)
     refused = post(serve, chunk.data)
     assert refused.status_code == 503, refused.text
     assert refused.json()["type"] == "ServiceUnavailableException"
@@ -204,14 +212,13 @@ def test_request_live_sends_a_file_and_plots_it(server, videos, tmp_path, pace):
     if pace == "real time":
         assert elapsed > 5.0  # 6 s of video, each chunk sent when it would have been recorded
     # the client ended its stream: every place is free again
-    opened = [send_stream(serve, chunks_of(videos[0])[:1])[0] for _ in range(MAX_SEQUENCES)]
-    for stream_id in opened:
+    for stream_id in open_streams(serve, chunks_of(videos[0])[0]):
         end(serve, stream_id)
 
 
 def test_request_live_over_the_stream_limit_says_which_setting(server, videos, tmp_path):
     serve, _, _ = server
-    opened = [send_stream(serve, chunks_of(videos[0])[:1])[0] for _ in range(MAX_SEQUENCES)]
+    opened = open_streams(serve, chunks_of(videos[0])[0])
     try:
         result = run_client(serve, videos[1], tmp_path, "--as-fast-as-possible")
     finally:

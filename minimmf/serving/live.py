@@ -311,7 +311,11 @@ class LiveStreams:
         batch = LiveBatch(prepared, stream_ids={request.stream_id for request in requests.values()})
         for index, request in requests.items():
             with batch.prepared.catch(index):
-                result = self._receive(request, batch.stream_ids, now, batch)
+                try:
+                    result = self._receive(request, batch.stream_ids, now, batch)
+                finally:
+                    if request.ends_stream and request.stream_id:  # even when its last chunk is refused
+                        self._end(request.stream_id)
                 if result.window is not None:
                     result.row = len(batch.prepared.samples)
                     batch.prepared.samples.append(self._sample(result.stream, result.window))
@@ -340,8 +344,7 @@ class LiveStreams:
             if parsed.chunk is not None and stream.last_chunk is not None and parsed.chunk <= stream.last_chunk:
                 raise DuplicateChunk(f"chunk {parsed.chunk} of this stream was already received (the last was "
                                      f"{stream.last_chunk}): send each chunk once, in order")
-        if parsed.video is None:  # a request that only ends the stream
-            self._end(stream_id)
+        if parsed.video is None:  # a request that only ends the stream (prepare drops it)
             return ChunkResult(stream, stream_id, parsed.chunk, ended=True)
         lost = None
         if stream is None:
@@ -363,8 +366,6 @@ class LiveStreams:
                              f"{self.live.max_stream_bytes:,} (handler.live.max_stream_bytes in the live model's "
                              "model-config.yaml): send smaller frames or fewer audio channels")
         self._keep(updated, in_batch)
-        if request.ends_stream:
-            self._end(stream_id)
         number = parsed.chunk if parsed.chunk is not None else updated.chunks - 1
         return ChunkResult(updated, stream_id, number, window, state_lost=lost, ended=request.ends_stream)
 
