@@ -11,8 +11,10 @@ stream sending its chunks at real-time pace.
    and the state one stream holds (the handler's own count, in-process).
 2. Against what users do today, re-sending the whole window (the last
    ``window_seconds``, cut at key frames without re-encoding) as a video
-   every second to the model for whole videos: bytes sent, decode time and
-   the server's CPU time (worker and frontend) per second of stream.
+   every second to the model for whole videos, per second of stream: bytes
+   sent, decoding (every frame to RGB, all the sound), the handler's preprocessing (decoding and the
+   per-frame transform of the frames kept) and the server's CPU time (worker
+   and frontend).
 
 Needs the demo model (`make demo`, ./save). Writes bench/results/live.json.
 """
@@ -42,8 +44,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from devtools.worker import extract, handle, load_handler  # noqa: E402
+from devtools.worker import extract, load_handler  # noqa: E402
+from minimmf.datasets.video_clips import decode_chunk  # noqa: E402
+from minimmf.serving.batch import PreparedBatch  # noqa: E402
 from minimmf.serving.chunking import Chunk, cut_chunks, open_source  # noqa: E402
+from minimmf.serving.live import ChunkRequest  # noqa: E402
 from minimmf.serving.torchserve import TorchServe, archive_model  # noqa: E402
 from minimmf.utils.video_writer import tone, write_video  # noqa: E402
 
@@ -143,30 +148,38 @@ def today(serve: TorchServe, video: Path, window: float, seconds: int) -> dict:
             "windows": windows}
 
 
-def decode_seconds(model_dir: Path, chunks: list[Chunk], windows: list[bytes], config: dict) -> dict:
-    """Decoding per second of stream, in-process: each 1 s chunk once, against each window video whole;
-    and the most state one stream held."""
-    handler, context = load_handler(model_dir, config, name=LIVE)
-    maker, states = handler.predictor.sample_maker, []
-    live = time.perf_counter()
+def decoding(model_dir: Path, chunks: list[Chunk], windows: list[bytes], config: dict) -> dict:
+    """Per second of stream, in-process: decoding alone (every frame to RGB and
+    all the audio, each 1 s chunk once against each window video whole), and the
+    preprocessing the handlers do (decoding and the per-frame transform of the
+    frames kept: the live stream's windows' frames, the whole video's clip); and
+    the most state one stream held."""
+    handler, _ = load_handler(model_dir, config, name=LIVE)
+    live, maker, states, live_preprocess = handler.live, handler.predictor.sample_maker, [], 0.0
     for chunk in chunks:
-        handle(handler, context, [{"data": bytearray(chunk.data), "script": SCRIPT,
-                                   "chunk": str(chunk.number)}], [{"ts_request_sequence_id": "bench"}])
-        states.append(handler.live.streams["bench"].state_bytes())
-    handled = time.perf_counter() - live
-    started = time.perf_counter()
-    for chunk in chunks:
-        maker.decode_chunk(chunk.data, lambda info: set(range(info.num_frames)))
-    chunk_decode = time.perf_counter() - started
-    started = time.perf_counter()
-    for data in windows:
-        maker.decode_plan(data, handler.predictor.video_clips)
-    window_decode = time.perf_counter() - started
-    seconds = chunks[-1].end
-    return {"live_decode_s_per_second": chunk_decode / seconds, "today_decode_s_per_second": window_decode / seconds,
-            "live_handler_s_per_second": handled / seconds, "state_bytes_max": max(states),
-            "state_bytes_bound": handler.live.kept_frames_bound() * int(
-                maker.transform_frames(np.zeros((1, 480, 854, 3), np.uint8))[0].nbytes)}
+        prepared = PreparedBatch(size=1)
+        fields = {"data": bytearray(chunk.data), "script": SCRIPT, "chunk": str(chunk.number)}
+        batch = live.prepare({0: ChunkRequest("bench", False, False, fields)}, prepared)
+        live.answers(batch, handler.predictor.predict(prepared.samples) if prepared.samples else None)
+        live_preprocess += batch.decode_seconds
+        states.append(live.streams["bench"].state_bytes())
+
+    def seconds_to_decode(videos: list[bytes], transformed: bool) -> float:
+        started = time.perf_counter()
+        for data in videos:
+            if transformed:
+                maker.decode_plan(data, handler.predictor.video_clips)
+            else:
+                decode_chunk(data, lambda info: set(range(info.num_frames)), None, maker.limits)  # all, as RGB
+        return time.perf_counter() - started
+
+    seconds, frame = chunks[-1].end, maker.transform_frames(np.zeros((1, 480, 854, 3), np.uint8))[0]
+    return {"decode_s_per_second": {"live": seconds_to_decode([c.data for c in chunks], False) / seconds,
+                                    "today": seconds_to_decode(windows, False) / seconds},
+            "preprocess_s_per_second": {"live": live_preprocess / seconds,
+                                        "today": seconds_to_decode(windows, True) / seconds},
+            "state_bytes_max": max(states), "state_bytes_bound": live.kept_frames_bound() * frame.nbytes,
+            "kept_frame_shape": list(frame.shape)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,16 +219,15 @@ def main(argv: list[str] | None = None) -> int:
             baseline = today(serve, video, window, args.seconds)
         finally:
             serve.stop()
-        decoding = decode_seconds(extract(store / f"{LIVE}.mar", workdir / "live"), chunks, baseline.pop("windows"),
-                                  config)
+        decoded = decoding(extract(store / f"{LIVE}.mar", workdir / "live"), chunks, baseline.pop("windows"), config)
     sustained = max((row["streams"] for row in rows if row["p95_s"] <= TARGET_P95 and not row["fell_behind"]),
                     default=0)
     live_bytes = statistics.mean(len(chunk.data) for chunk in chunks)
     one = next(row for row in rows if row["streams"] == 1) if any(r["streams"] == 1 for r in rows) else rows[0]
     comparison = {
         "bytes_sent_per_second": {"live": live_bytes, "today": baseline["bytes_per_second"]},
-        "decode_s_per_second": {"live": decoding["live_decode_s_per_second"],
-                                "today": decoding["today_decode_s_per_second"]},
+        "decode_s_per_second": decoded["decode_s_per_second"],
+        "preprocess_s_per_second": decoded["preprocess_s_per_second"],
         "server_cpu_s_per_second": {"live": one["server_cpu_s_per_stream_second"],
                                     "today": baseline["server_cpu_s_per_stream_second"]},
     }
@@ -223,16 +235,17 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": machine, "video": f"{args.seconds} s 854x480 H.264+AAC, 30 fps, a key frame every second",
               "window_seconds": window, "answer_every_seconds": config["handler"]["live"]["answer_every_seconds"],
               "latency": rows, "sustained_streams_p95_within_1s": sustained,
-              "state_bytes_per_stream": {"max_measured": decoding["state_bytes_max"],
-                                         "bound_480p": decoding["state_bytes_bound"]},
+              "state_bytes_per_stream": {"max_measured": decoded["state_bytes_max"],
+                                         "bound_480p": decoded["state_bytes_bound"],
+                                         "kept_frame_shape": decoded["kept_frame_shape"]},
               "against_resending_the_window": comparison, "today_p50_s": baseline["p50_s"]}
     print(f"\n{'streams':>7} {'p50 s':>7} {'p95 s':>7} {'max s':>7}  server CPU s per stream-second")
     for row in rows:
         print(f"{row['streams']:>7} {row['p50_s']:7.3f} {row['p95_s']:7.3f} {row['max_s']:7.3f}  "
               f"{row['server_cpu_s_per_stream_second']:.3f}{'  (fell behind)' if row['fell_behind'] else ''}")
     print(f"sustained real-time streams with p95 <= {TARGET_P95:g} s: {sustained}")
-    print(f"state per stream: {decoding['state_bytes_max']:,} bytes (bound for 480p: "
-          f"{decoding['state_bytes_bound']:,})")
+    print(f"state per stream: {decoded['state_bytes_max']:,} bytes (bound for 480p: "
+          f"{decoded['state_bytes_bound']:,})")
     for name, values in comparison.items():
         print(f"{name}: live {values['live']:.4g}, today {values['today']:.4g} "
               f"({values['today'] / values['live']:.1f}x)")

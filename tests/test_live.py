@@ -388,7 +388,7 @@ def test_state_stays_bounded_however_long_the_stream(live, videos):
 
 
 def test_max_stream_bytes_is_checked_at_start_and_for_every_chunk(model_dir, live, videos):
-    # at start: a 480p stream under way keeps (2 s / 1 s + 1) x 8 frames of 3 x 64 x 64 floats: 1.2 MB
+    # at start: a 480p stream under way keeps up to (2 s / 1 s + 1) x 8 frames of 3 x 72 x 96 floats: 2.0 MB
     with pytest.raises(SettingsError, match="handler.live.max_stream_bytes"):
         load_handler(model_dir, live_config(max_stream_bytes=1_000_000), name="MMF_model_live")
     # for every chunk: a limit lower than any stream under way needs
