@@ -120,6 +120,8 @@ class _Cutter:
             self.cut.append(self.current)
         self.audio_seen = float("inf")
         yield from self._ready()
+        if self.number == 0:
+            raise ChunkingError("the source gave no chunk: its video has no key frame with a timestamp")
 
     # ---------------------------------------------------------- packets
 
