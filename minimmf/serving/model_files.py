@@ -57,6 +57,7 @@ def run_manifest(folder: str | os.PathLike) -> RunManifest:
 def check_weights_fit(config: DictConfig, weights: str | os.PathLike) -> None:
     """Raise a CheckpointMismatchError when ``weights`` do not have the keys and
     shapes of the model ``config`` builds (built on the meta device: no memory, no time)."""
+    setup_imports()
     model_class = registry.require("model", config.model)
     config = config.copy()
     config.model_config[config.model] = model_class.config_for_inference(config.model_config[config.model])
