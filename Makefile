@@ -39,15 +39,16 @@ demo: install
 
 # Benchmarks: figures printed and saved under bench/results/. The serving
 # benchmarks use the demo model and data (trained here first if missing).
+# Run as modules from the repository root (bench/ imports bench.common and devtools/ from it).
 bench: install save/mmf_transformer_final.pth
-	$(BIN)/python bench/preprocess.py
-	$(BIN)/python bench/data_loading.py
-	$(BIN)/python bench/model_forward.py
-	$(BIN)/python bench/precision.py
-	$(BIN)/python bench/serving.py
-	$(BIN)/python bench/timeline.py
-	$(BIN)/python bench/hostile.py
-	$(BIN)/python bench/soak.py
+	$(BIN)/python -m bench.preprocess
+	$(BIN)/python -m bench.data_loading
+	$(BIN)/python -m bench.model_forward
+	$(BIN)/python -m bench.precision
+	$(BIN)/python -m bench.serving
+	$(BIN)/python -m bench.timeline
+	$(BIN)/python -m bench.hostile
+	$(BIN)/python -m bench.soak
 
 save/mmf_transformer_final.pth:
 	$(BIN)/python scripts/make_synthetic_charades.py --out data --skip-existing
