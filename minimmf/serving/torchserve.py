@@ -346,7 +346,9 @@ class TorchServe:
             if self.running_pid() is None:
                 raise ServingSetupError(f"TorchServe exited at start: {self.output_tail()}")
             time.sleep(1)
-        raise ServingSetupError(f"TorchServe did not answer within {timeout:.0f} s; see {self.workdir / 'logs'}")
+        self.stop()  # what this call started, and nothing else
+        raise ServingSetupError(f"TorchServe did not answer within {timeout:.0f} s (stopped it); see "
+                                f"{self.output_file} and {self.workdir / 'logs'}")
 
     def output_tail(self, lines: int = 15) -> str:
         text = self.output_file.read_text(errors="replace") if self.output_file.is_file() else ""
