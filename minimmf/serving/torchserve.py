@@ -208,6 +208,8 @@ def listeners(settings: dict[str, str], ts_config: Path) -> list[Listener]:
         found.append(Listener(parsed.hostname, port, f"{api}_address={address}"))
     for api, default in GRPC_PORTS.items():
         port = settings.get(f"grpc_{api}_port", default)
+        if not port.isdigit():
+            raise ServingSetupError(f"grpc_{api}_port={port} in {ts_config} is not a port number")
         line = f"grpc_{api}_port={port}" if f"grpc_{api}_port" in settings else f"grpc_{api}_port (unset: {default})"
         found.append(Listener(settings.get(f"grpc_{api}_address", "127.0.0.1"), int(port), line))
     return found
