@@ -277,13 +277,13 @@ class TorchServe:
         """A server on free loopback ports (HTTP and gRPC) with ``ts_config``'s
         other settings (its metrics_config made absolute), its config in ``workdir``."""
         properties = Path(ts_config).read_text(encoding="utf-8")
-        ports = {f"{api}_address": f"http://127.0.0.1:{free_port()}" for api in APIS}
-        ports |= {f"grpc_{api}_port": str(free_port()) for api in GRPC_PORTS}
+        settings = {f"{api}_address": f"http://127.0.0.1:{free_port()}" for api in APIS}
+        settings |= {f"grpc_{api}_port": str(free_port()) for api in GRPC_PORTS}
         metrics = read_properties(Path(ts_config)).get("metrics_config")
         if metrics:
-            ports["metrics_config"] = str((Path(ts_config).resolve().parent / metrics).resolve())
+            settings["metrics_config"] = str((Path(ts_config).resolve().parent / metrics).resolve())
         private_config = Path(workdir) / "config.properties"
-        private_config.write_text(with_settings(properties, ports), encoding="utf-8")
+        private_config.write_text(with_settings(properties, settings), encoding="utf-8")
         return cls(workdir, model_store, private_config)
 
     @property
