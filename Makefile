@@ -65,4 +65,4 @@ constraints: install
 		&& mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf $(VENV) save data logs .pytest_cache .ruff_cache key_file.json demo.mp4 response.txt .cache/minimmf/charades_clips
+	rm -rf $(VENV) save data logs .pytest_cache .ruff_cache key_file.json demo.mp4 response.txt .cache/minimmf/charades_clips .torchserve

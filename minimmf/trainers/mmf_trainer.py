@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import sys
 import time
 from collections.abc import Iterable
@@ -95,7 +96,10 @@ class MMFTrainer:
         self.metrics = {key: metric for key, metric in build_metrics(self.config.evaluation.metrics).items()
                         if metric.applies_to(self.dataset_name)}
         if self.is_main:
-            self.metrics_logger = MetricsLogger(self.save_dir)
+            # a training run's curves start at its first update (a resumed one's, at the checkpoint's);
+            # an evaluation-only run adds its evaluation to the curves already there
+            keep_until = self.num_updates if "train" in self.run_types else math.inf
+            self.metrics_logger = MetricsLogger(self.save_dir, keep_until)
             if self.training_config.tensorboard:
                 self.tensorboard = TensorboardLogger(self.config.env.tensorboard_logdir or log_folder(self.config))
 
@@ -414,11 +418,14 @@ class MMFTrainer:
             if "train" in self.run_types:
                 self.train()
                 self.checkpoint.restore_best()
+            if self.metrics_logger is not None:
+                restored_best = "train" in self.run_types and self.checkpoint.best_state is not None
+                self.metrics_logger.final(self.early_stopping.best_update if restored_best else self.num_updates)
             for split in ("val", "test"):
                 if split in self.run_types:
                     reports[split] = self.evaluate(split, write_predictions=bool(self.config.evaluation.predict))
             if self.metrics_logger is not None:
-                self.metrics_logger.plot(f"val/{self.dataset_name}/{key}" for key in self.metrics)
+                self.metrics_logger.plot(list(self.metrics))
         except BaseException:
             self.teardown(completed=False)
             raise
