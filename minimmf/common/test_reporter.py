@@ -1,7 +1,8 @@
 """MMF's prediction files (``evaluation.predict``): one file per evaluated
 split, ``<dataset>_<experiment_name>_<split>_<time>.json`` (or ``.csv`` with
 ``predict_file_format: csv``), in ``env.report_dir`` or else
-``<save_dir>/<datasets>_<model>_<seed>/reports``, as MMF's file reporter."""
+``<save_dir>/<datasets>_<model>_<seed>/reports``, as MMF's file reporter.
+Each file appears whole or not at all (written atomically)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from minimmf.utils.file_io import atomic_write
 
 REPORT_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 # what the Charades predictions are made of; MMF's default candidate fields include both
@@ -39,7 +42,7 @@ def write_predictions(config: Any, dataset_name: str, split: str, predictions: S
     parts = [dataset_name, config.training.experiment_name, split, time.strftime(REPORT_TIME_FORMAT)]
     file_format = predict_file_format(config)
     path = folder / ("_".join(part for part in parts if part) + f".{file_format}")
-    with open(path, "w", encoding="utf-8", newline="") as handle:
+    with atomic_write(path, "w", encoding="utf-8", newline="") as handle:
         if file_format == "csv":
             writer = csv.DictWriter(handle, list(predictions[0]) if predictions else ["id"])
             writer.writeheader()
