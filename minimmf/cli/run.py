@@ -45,7 +45,7 @@ from minimmf.utils.env import import_user_dir, pick_seed, setup_imports
 from minimmf.utils.logger import setup_very_basic_config
 from minimmf.utils.signals import exit_status
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("minimmf.cli.run")  # by name: under `python -m` this module is __main__
 # what a user can fix from the message alone; anything else is a bug worth its traceback
 USER_ERRORS = (ConfigError, CheckpointMismatchError, FileNotFoundError)
 

@@ -259,7 +259,10 @@ def read_newest_whole(candidates: list[Path], map_location: Any) -> tuple[Path, 
                  if (_update_of(p) or 0) > int(checkpoint.get("num_updates", 0) or 0)]
         if later and path.name == "current.ckpt":
             try:
-                return later[0], load_checkpoint_file(later[0], map_location=map_location)
+                newer = load_checkpoint_file(later[0], map_location=map_location)
+                logger.info("%s holds update %s and %s a later one: resuming from the later", path,
+                            checkpoint.get("num_updates"), later[0])
+                return later[0], newer
             except CheckpointMismatchError as error:
                 logger.warning("%s does not read back whole, skipped (%s)", later[0], error.__cause__ or error)
         if failures:
@@ -341,8 +344,8 @@ def _os_error(error: BaseException) -> OSError | None:
     return None
 
 
-def _megabytes(count: int) -> str:
-    return f"{count / 1e6:,.0f} MB"
+def _size(count: int) -> str:
+    return f"{count / 1e9:,.1f} GB" if count >= 10**10 else f"{count / 1e6:,.0f} MB"
 
 
 class Checkpoint:
@@ -419,8 +422,8 @@ class Checkpoint:
         self.saved_update = update
 
     def _write(self, obj: Any, path: Path) -> bool:
-        """Write ``obj`` to ``path`` whole; False, with ``write_failed`` set and
-        logged, when the file system refuses it."""
+        """Write ``obj`` to ``path`` whole; False, with ``write_failed`` set, when
+        the file system refuses it."""
         try:
             atomic_save(obj, path)
         except (OSError, RuntimeError) as error:
@@ -428,7 +431,6 @@ class Checkpoint:
             if cause is None:
                 raise
             self.write_failed = CheckpointWriteError(self._write_failure(path, cause, state_bytes(obj)))
-            logger.error("%s", self.write_failed)
             return False
         if "model" in obj:
             self.newest = (path, self.trainer.num_updates)
@@ -441,7 +443,7 @@ class Checkpoint:
                 if self.newest else "no checkpoint of this run was written before")
         hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some of your quota",
                 errno.EFBIG: "raise the file size limit (ulimit -f)"}.get(error.errno, "fix the file system")
-        return (f"cannot write {path}: {reason} (it needs about {_megabytes(needed)}; {_megabytes(free)} free on "
+        return (f"cannot write {path}: {reason} (it needs about {_size(needed)}; {_size(free)} free on "
                 f"{path.parent}); {kept}; {hint}, then continue with checkpoint.resume=True")
 
     def _prune(self) -> None:

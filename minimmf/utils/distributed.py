@@ -134,11 +134,25 @@ def init_process_group(config: Any, device: torch.device) -> str | None:
         return None
     backend = str(distributed.backend) if device.type == "cuda" else "gloo"
     if launched_by_torchrun():
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, **_store_of_this_attempt())
     else:
         dist.init_process_group(backend=backend, init_method=str(distributed.init_method),
                                 rank=int(distributed.rank), world_size=int(distributed.world_size))
     return backend
+
+
+def _store_of_this_attempt() -> dict[str, Any]:
+    """After a torchrun restart, the process group's keys under a prefix of
+    their own: torchrun's static rendezvous (``--master-port``) keeps one store
+    across restarts, whose keys still hold the addresses of the previous
+    attempt's processes, and gloo would connect to processes that are gone."""
+    restarts = torchrun_restarts()
+    if not restarts or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    world_size = int(os.environ["WORLD_SIZE"])
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False)
+    return {"store": dist.PrefixStore(f"minimmf/attempt_{restarts}", store), "rank": int(os.environ["RANK"]),
+            "world_size": world_size}
 
 
 def shutdown(wait: bool = True) -> None:
