@@ -109,6 +109,7 @@ class MMFTrainer:
         # from the checkpoint resumed: its position in the epoch and this process's state
         self.resume_position: dict[str, int] | None = None
         self.saved_rank_state: dict[str, Any] | None = None
+        self.checkpoint_seed: int | None = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -149,7 +150,6 @@ class MMFTrainer:
         # one base seed for every process (their samplers must agree), and, as MMF,
         # each process's random streams seeded with base + rank
         self.seed = distributed.broadcast_object(pick_seed(self.training_config.seed))
-        self.data_seed = self.seed  # the data order's and augmentations' (a resumed run keeps its checkpoint's)
         set_seed(self.seed + distributed.get_rank())
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = bool(self.training_config.cudnn_benchmark)
@@ -237,6 +237,11 @@ class MMFTrainer:
                           drop_last=False, **options)
 
     @property
+    def data_seed(self) -> int:
+        """The seed of the data order and augmentations: the run's, or that of the checkpoint it resumed."""
+        return self.seed if self.checkpoint_seed is None else self.checkpoint_seed
+
+    @property
     def unwrapped_model(self) -> torch.nn.Module:
         return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
 
@@ -310,7 +315,7 @@ class MMFTrainer:
     def resume_at(self, position: dict[str, int], rank_state: dict[str, Any] | None) -> None:
         """Continue where a checkpoint stopped (called while it loads)."""
         self.resume_position, self.saved_rank_state = position, rank_state
-        self.data_seed = int(position.get("seed", self.seed))
+        self.checkpoint_seed = int(position.get("seed", self.seed))
         if self.data_seed != self.seed:
             logger.info("the data order and augmentations go on with the checkpoint's seed %d (training.seed is "
                         "%d in this run)", self.data_seed, self.seed)

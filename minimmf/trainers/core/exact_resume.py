@@ -108,12 +108,13 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 @contextmanager
 def seeded_randomness(seed: int) -> Iterator[None]:
-    """Python's, NumPy's and torch's global generators seeded with ``seed`` inside
-    the block, and put back as they were after it."""
+    """Python's, NumPy's and torch's (CPU) global generators seeded with ``seed``
+    inside the block, and put back as they were after it. CUDA's is left
+    alone: the model's dropout on a GPU draws from it."""
     saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
     try:
         yield
     finally:
