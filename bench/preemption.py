@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sigterm-trials", type=int, default=3)
     parser.add_argument("--kills", type=int, default=3, help="SIGKILLs per checkpoint_interval (default 3)")
+    parser.add_argument("--intervals", default="1,100", help="checkpoint_interval values (default 1,100)")
     parser.add_argument("--write-repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0, help="of the random kill moments")
     args = parser.parse_args(argv)
@@ -231,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         print("SIGTERM to exit:")
         sigterm = sigterm_to_exit(data_dir, folder, args.sigterm_trials)
         print("updates lost per SIGKILL:")
-        sigkill = [sigkill_losses(data_dir, folder, interval, args.kills) for interval in (1, 100)]
+        sigkill = [sigkill_losses(data_dir, folder, int(interval), args.kills)
+                   for interval in args.intervals.split(",")]
         print("writing one training checkpoint:")
         fsync = fsync_costs(folder, args.write_repeats)
     print(f"\nSIGTERM -> exit: {sigterm['median_to_exit_s']:.1f} s (checkpoint saved after "

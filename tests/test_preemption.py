@@ -241,6 +241,18 @@ def test_the_sampler_goes_on_where_the_epoch_stopped():
     assert sorted(rest) == sorted(order[8:]) and len(rest) == 3
 
 
+def test_ctrl_c_outside_training_ends_in_one_line(trained, synthetic_data_dir, tmp_path):
+    """An evaluation-only run (nothing to save) interrupted while it loads or evaluates."""
+    save_dir = tmp_path / "eval"
+    process = start_mmf_run(save_dir, "run_type=val", f"checkpoint.resume_file={trained / 'mmf_transformer_final.pth'}",
+                            data_dir=synthetic_data_dir)
+    wait_for(logged(save_dir, "val split: 4 videos"), process, "the data loaded")
+    os.killpg(process.pid, signal.SIGINT)
+    assert finish(process, save_dir) == 130
+    output = output_of(save_dir)
+    assert "Traceback" not in output and output.strip().splitlines()[-1] == "mmf_run: interrupted"
+
+
 SIGNAL_SCRIPT = """
 import logging, signal, sys, time
 from minimmf.utils.signals import StopSignals

@@ -55,6 +55,12 @@ def _fail(error: BaseException) -> None:
     raise SystemExit(2) from None
 
 
+def _interrupted() -> None:
+    """Ctrl-C outside training (while starting, loading, evaluating): nothing to save."""
+    print("mmf_run: interrupted", file=sys.stderr)
+    raise SystemExit(exit_status(signal.SIGINT)) from None
+
+
 def train_in_this_process(config: DictConfig) -> None:
     """One process of the run (also the target of the processes mmf_run starts)."""
     setup_very_basic_config()
@@ -72,9 +78,7 @@ def train_in_this_process(config: DictConfig) -> None:
         print(f"mmf_run: error: {error}", file=sys.stderr)
         raise SystemExit(EXIT_CHECKPOINT_WRITE_FAILED) from None
     except KeyboardInterrupt:
-        # Ctrl-C outside training (while loading, evaluating): nothing to save
-        print("mmf_run: interrupted", file=sys.stderr)
-        raise SystemExit(exit_status(signal.SIGINT)) from None
+        _interrupted()
 
 
 def resume_after_torchrun_restart(config: DictConfig) -> None:
@@ -91,6 +95,13 @@ def run(opts: Sequence[str] | None = None) -> None:
     if any(arg in ("-h", "--help") for arg in opts):
         print(__doc__)
         return
+    try:
+        _run(opts)
+    except KeyboardInterrupt:
+        _interrupted()
+
+
+def _run(opts: list[str]) -> None:
     setup_very_basic_config()
     try:
         config = build_config(None, opts)
