@@ -3,9 +3,8 @@ processes of the tiny config (one process, batches of 4, no DataLoader
 workers) on synthetic Charades videos:
 
 - SIGTERM to exit: the seconds from the signal to the process's end (the
-  update in flight, the checkpoint of it: models/model_<n>.ckpt and
-  current.ckpt, each fsynced, then the teardown), and to the log line that
-  says the checkpoint is saved;
+  update in flight, its checkpoint: current.ckpt, fsynced, then the
+  teardown), and to the log line that says the checkpoint is saved;
 - updates lost per SIGKILL: the run killed at a uniformly random moment
   (after its first checkpoint), the updates it had finished minus the update
   of the newest checkpoint that reads back whole (what ``checkpoint.resume``

@@ -139,26 +139,28 @@ def test_stopped_mid_epoch_then_resumed_equals_the_uninterrupted_run(uninterrupt
 @pytest.mark.slow
 def test_sigkill_while_writing_current_ckpt(synthetic_data_dir, tmp_path):
     """The issue's case: SIGKILL while current.ckpt is being written (seen from
-    its temporary file). current.ckpt keeps the previous update, the kill
-    leaves only a temporary, and the next run removes it and resumes from the
-    newest whole checkpoint (models/model_2.ckpt, written just before)."""
+    its temporary file), past the first checkpoint. current.ckpt keeps the
+    previous update, the kill leaves only a temporary, and the next run
+    removes it and resumes from the newest whole checkpoint
+    (models/model_<n>.ckpt, written just before)."""
     save_dir = tmp_path / "save"
     options = (*SHORT_RUN, "training.checkpoint_interval=1")
     process = start_mmf_run(save_dir, *options, data_dir=synthetic_data_dir)
-    wait_for(lambda: (save_dir / "models" / "model_2.ckpt").is_file() and any(save_dir.glob(".current.ckpt.*.tmp")),
-             process, "the write of current.ckpt at update 2", poll_s=0.002)
+    wait_for(lambda: (save_dir / "current.ckpt").is_file() and any(save_dir.glob(".current.ckpt.*.tmp")),
+             process, "a write of current.ckpt after the first", poll_s=0.002)
     process.kill()
     process.wait()
     [torn] = save_dir.glob(".current.ckpt.*.tmp")
-    assert load_checkpoint_file(save_dir / "current.ckpt")["num_updates"] == 1
-    assert load_checkpoint_file(save_dir / "models" / "model_2.ckpt")["num_updates"] == 2
+    newest = max(int(path.stem.split("_")[1]) for path in (save_dir / "models").glob("model_*.ckpt"))
+    assert load_checkpoint_file(save_dir / "current.ckpt")["num_updates"] == newest - 1
+    assert load_checkpoint_file(save_dir / "models" / f"model_{newest}.ckpt")["num_updates"] == newest
 
-    run_to_the_end(save_dir, *options, "training.max_updates=3", "checkpoint.resume=True",
+    run_to_the_end(save_dir, *options, f"training.max_updates={newest + 1}", "checkpoint.resume=True",
                    data_dir=synthetic_data_dir)
     log = (save_dir / "train.log").read_text()
     assert f"removed {torn}, left by a run killed while it wrote" in log
-    assert f"resumed from {save_dir / 'models' / 'model_2.ckpt'} at update 2" in log
-    assert load_checkpoint_file(save_dir / "current.ckpt")["num_updates"] == 3
+    assert f"resumed from {save_dir / 'models' / f'model_{newest}.ckpt'} at update {newest}" in log
+    assert load_checkpoint_file(save_dir / "current.ckpt")["num_updates"] == newest + 1
     assert not list(save_dir.rglob("*.tmp"))
 
 

@@ -404,7 +404,7 @@ class MMFTrainer:
         if not (signum or write_failed):
             return
         if not write_failed and self.checkpoint.saved_update != self.num_updates:
-            self.checkpoint.save()
+            self.checkpoint.save(periodic=False)
             _, write_failed = self.preemption.agreed(self.checkpoint.write_failed is not None)
         if write_failed:
             reason = f"training stopped after update {self.num_updates}: {self.checkpoint.write_failed}"

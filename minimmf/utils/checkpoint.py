@@ -408,15 +408,18 @@ class Checkpoint:
             state["lr_scheduler"] = trainer.scheduler.state_dict()
         return state
 
-    def save(self) -> None:
-        """models/model_<update>.ckpt, then current.ckpt. After a failed write,
-        ``write_failed`` says why and the files written before are intact."""
+    def save(self, periodic: bool = True) -> None:
+        """models/model_<update>.ckpt (unless not ``periodic``: a stop between
+        two intervals, when time is short, writes current.ckpt alone), then
+        current.ckpt. After a failed write, ``write_failed`` says why and the
+        files written before are intact."""
         state = self.state()
         update = self.trainer.num_updates
         if self.trainer.is_main:
             self.models_dir.mkdir(parents=True, exist_ok=True)
-            if not (self._write(state, self.models_dir / f"model_{update}.ckpt")
-                    and self._write(state, self.save_dir / "current.ckpt")):
+            if periodic and not self._write(state, self.models_dir / f"model_{update}.ckpt"):
+                return
+            if not self._write(state, self.save_dir / "current.ckpt"):
                 return
             self._prune()
         self.saved_update = update
