@@ -16,10 +16,11 @@ workers) on synthetic Charades videos:
   minimmf does), for the tiny model and the full-size one (direct.yaml, built
   without training).
 
-Run from the repository root: ``python -m bench.preemption``. Prints a table
-and writes bench/results/preemption.json. On a busy machine the figures
-(above all the fsync ones, which depend on the disk's other writers) are
-noisy; rerun them on a quiet one.
+Run from the repository root: ``python -m bench.preemption`` (``--only
+fsync``, repeatable, measures one part again and keeps the others' figures).
+Prints the figures and writes bench/results/preemption.json. On a busy
+machine they are noisy (above all the fsync ones, which depend on the disk's
+other writers); rerun them on a quiet one.
 """
 
 from __future__ import annotations
@@ -210,8 +211,37 @@ def fsync_costs(folder: Path, repeats: int) -> dict:
     return rows
 
 
+PARTS = ("sigterm", "sigkill", "fsync")
+
+
+def measure(part: str, args: argparse.Namespace, folder: Path, data_dir: Path) -> object:
+    if part == "sigterm":
+        print("SIGTERM to exit:")
+        return sigterm_to_exit(data_dir, folder, args.sigterm_trials)
+    if part == "sigkill":
+        print("updates lost per SIGKILL:")
+        return [sigkill_losses(data_dir, folder, int(interval), args.kills) for interval in args.intervals.split(",")]
+    print("writing one training checkpoint:")
+    return fsync_costs(folder, args.write_repeats)
+
+
+def summary(results: dict) -> None:
+    sigterm = results.get("sigterm")
+    if sigterm:
+        print(f"SIGTERM -> exit: {sigterm['median_to_exit_s']:.1f} s (checkpoint saved after "
+              f"{sigterm['median_to_saved_s']:.1f} s), median of {len(sigterm['trials'])}")
+    for row in results.get("sigkill") or []:
+        print(f"SIGKILL, checkpoint_interval {row['checkpoint_interval']}: {row['mean_lost']:.1f} updates lost on "
+              f"average ({len(row['trials'])} kills), training at {row['updates_per_second']:.2f} updates/s")
+    for name, row in (results.get("fsync") or {}).items():
+        print(f"fsync per {name} checkpoint ({row['bytes'] / 1e9:.2f} GB): +{row['fsync_cost_s']:.2f} s "
+              f"({row['median_s']['atomic_fsync']:.2f} s vs {row['median_s']['atomic_no_fsync']:.2f} s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=PARTS, action="append",
+                        help="measure this part alone (repeatable), keeping the others' saved figures")
     parser.add_argument("--sigterm-trials", type=int, default=3)
     parser.add_argument("--kills", type=int, default=3, help="SIGKILLs per checkpoint_interval (default 3)")
     parser.add_argument("--intervals", default="1,100", help="checkpoint_interval values (default 1,100)")
@@ -224,30 +254,20 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     print(f"preemption costs, tiny config (one process, batches of 4); machine: {machine}")
+    path = RESULTS / "preemption.json"
+    results = json.loads(path.read_text()) if args.only and path.is_file() else {}
     with tempfile.TemporaryDirectory(prefix="preemption_") as temporary:
         folder = Path(temporary)
         os.environ["MMF_CACHE_DIR"] = str(folder / "cache")
         data_dir = make_data(folder / "data")
-        print("SIGTERM to exit:")
-        sigterm = sigterm_to_exit(data_dir, folder, args.sigterm_trials)
-        print("updates lost per SIGKILL:")
-        sigkill = [sigkill_losses(data_dir, folder, int(interval), args.kills)
-                   for interval in args.intervals.split(",")]
-        print("writing one training checkpoint:")
-        fsync = fsync_costs(folder, args.write_repeats)
-    print(f"\nSIGTERM -> exit: {sigterm['median_to_exit_s']:.1f} s (checkpoint saved after "
-          f"{sigterm['median_to_saved_s']:.1f} s), median of {args.sigterm_trials}")
-    for row in sigkill:
-        print(f"SIGKILL, checkpoint_interval {row['checkpoint_interval']}: {row['mean_lost']:.1f} updates lost on "
-              f"average ({args.kills} kills), training at {row['updates_per_second']:.2f} updates/s")
-    for name, row in fsync.items():
-        print(f"fsync per {name} checkpoint ({row['bytes'] / 1e9:.2f} GB): +{row['fsync_cost_s']:.2f} s "
-              f"({row['median_s']['atomic_fsync']:.2f} s vs {row['median_s']['atomic_no_fsync']:.2f} s)")
+        for part in args.only or PARTS:
+            results[part] = measure(part, args, folder, data_dir)
+            results.setdefault("load_average", {})[part] = os.getloadavg()
+    results["machine"] = machine
+    print()
+    summary(results)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "preemption.json"
-    path.write_text(json.dumps({"machine": machine, "load_average_at_end": os.getloadavg(),
-                                "sigterm_to_exit": sigterm, "sigkill": sigkill, "checkpoint_write": fsync},
-                               indent=1))
+    path.write_text(json.dumps(results, indent=1))
     print(f"saved {path}")
     return 0
 
