@@ -25,7 +25,7 @@ import torch
 
 from minimmf.cli.run import run
 from minimmf.trainers.core.exact_resume import ResumableSampler
-from minimmf.utils.checkpoint import load_checkpoint_file
+from minimmf.utils.checkpoint import load_checkpoint_file, read_newest_whole, resume_candidates
 from minimmf.utils.distributed import find_free_port
 from tests.conftest import ROOT, run_args
 from tests.test_checkpoint import link_checkpoints, loaded_trainer
@@ -173,6 +173,23 @@ def test_a_torn_current_ckpt_falls_back_to_the_newest_whole_checkpoint(trained, 
     log = (tmp_path / "train.log").read_text()
     assert f"{tmp_path / 'current.ckpt'} does not read back whole, skipped" in log
     assert f"resuming from {tmp_path / 'models' / 'model_4.ckpt'}, the newest checkpoint that reads back whole" in log
+
+
+def test_the_newest_whole_checkpoint_wins(tmp_path):
+    """current.ckpt is tried first, but a periodic checkpoint of a later update
+    (written just before a write of current.ckpt failed) wins; torn files are skipped."""
+    (tmp_path / "models").mkdir()
+    for path, update in (("current.ckpt", 3), ("models/model_3.ckpt", 3), ("models/model_4.ckpt", 4)):
+        torch.save({"model": {}, "num_updates": update}, tmp_path / path)
+
+    def newest() -> str:
+        return str(read_newest_whole(resume_candidates(tmp_path, resume_best=False), "cpu")[0].relative_to(tmp_path))
+
+    assert newest() == "models/model_4.ckpt"
+    (tmp_path / "models" / "model_4.ckpt").write_bytes(b"torn")
+    assert newest() == "current.ckpt"
+    (tmp_path / "current.ckpt").write_bytes(b"torn")
+    assert newest() == "models/model_3.ckpt"
 
 
 def test_checkpoints_that_all_fail_to_read_stop_the_run(trained, synthetic_data_dir, tmp_path, capsys):

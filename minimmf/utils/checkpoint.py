@@ -243,28 +243,33 @@ def _update_of(path: Path) -> int | None:
 
 
 def read_newest_whole(candidates: list[Path], map_location: Any) -> tuple[Path, dict[str, Any]]:
-    """The first of ``candidates`` that reads back whole, or a periodic one of a
-    later update when there is one (a run stopped between writing
-    models/model_<n>.ckpt and current.ckpt); files that do not read are logged
-    and skipped. Raises when none reads: a run never starts over silently."""
+    """The first of ``candidates`` that reads back whole, or, when that is
+    current.ckpt, a periodic checkpoint of a later update that does (written
+    just before a write of current.ckpt failed). Files that do not read are
+    logged and skipped; when none reads, an error: a run never starts over
+    silently."""
     failures: list[str] = []
-    for position, path in enumerate(candidates):
+
+    def read(path: Path) -> dict[str, Any] | None:
         try:
-            checkpoint = load_checkpoint_file(path, map_location=map_location)
+            return load_checkpoint_file(path, map_location=map_location)
         except CheckpointMismatchError as error:
             logger.warning("%s does not read back whole, skipped (%s)", path, error.__cause__ or error)
             failures.append(f"{path} ({error.__cause__ or error})")
+            return None
+
+    for position, path in enumerate(candidates):
+        checkpoint = read(path)
+        if checkpoint is None:
             continue
-        later = [p for p in candidates[position + 1:]
-                 if (_update_of(p) or 0) > int(checkpoint.get("num_updates", 0) or 0)]
-        if later and path.name == "current.ckpt":
-            try:
-                newer = load_checkpoint_file(later[0], map_location=map_location)
-                logger.info("%s holds update %s and %s a later one: resuming from the later", path,
-                            checkpoint.get("num_updates"), later[0])
-                return later[0], newer
-            except CheckpointMismatchError as error:
-                logger.warning("%s does not read back whole, skipped (%s)", later[0], error.__cause__ or error)
+        if path.name == "current.ckpt":
+            updates = int(checkpoint.get("num_updates") or 0)
+            for later in (p for p in candidates[position + 1:] if (_update_of(p) or 0) > updates):
+                newer = read(later)
+                if newer is not None:
+                    logger.info("%s holds update %d and %s a later one: resuming from the later", path, updates,
+                                later)
+                    return later, newer
         if failures:
             logger.warning("resuming from %s, the newest checkpoint that reads back whole", path)
         return path, checkpoint
