@@ -39,16 +39,17 @@ demo: install
 
 # Benchmarks: figures printed and saved under bench/results/. The serving
 # benchmarks use the demo model and data (trained here first if missing).
+# Run as modules from the repository root (bench/ imports bench.common and devtools/ from it).
 bench: install save/mmf_transformer_final.pth
-	$(BIN)/python bench/preprocess.py
-	$(BIN)/python bench/data_loading.py
-	$(BIN)/python bench/model_forward.py
-	$(BIN)/python bench/precision.py
-	$(BIN)/python bench/serving.py
-	$(BIN)/python bench/timeline.py
-	$(BIN)/python bench/live.py
-	$(BIN)/python bench/hostile.py
-	$(BIN)/python bench/soak.py
+	$(BIN)/python -m bench.preprocess
+	$(BIN)/python -m bench.data_loading
+	$(BIN)/python -m bench.model_forward
+	$(BIN)/python -m bench.precision
+	$(BIN)/python -m bench.serving
+	$(BIN)/python -m bench.timeline
+	$(BIN)/python -m bench.live
+	$(BIN)/python -m bench.hostile
+	$(BIN)/python -m bench.soak
 
 save/mmf_transformer_final.pth:
 	$(BIN)/python scripts/make_synthetic_charades.py --out data --skip-existing
@@ -65,4 +66,4 @@ constraints: install
 		&& mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf $(VENV) save data logs .pytest_cache .ruff_cache key_file.json demo.mp4 response.txt .cache/minimmf/charades_clips
+	rm -rf $(VENV) save data logs .pytest_cache .ruff_cache key_file.json demo.mp4 response.txt .cache/minimmf/charades_clips .torchserve

@@ -9,6 +9,10 @@ The info.json holds the video's script and, optionally, its expected
 labels: {"script": "...", "action_labels": ["...", ...]}. The server's JSON
 answer is written to response.txt and its labels are printed.
 
+The server's address is config.properties' inference_address (the file
+TorchServe runs with: --ts-config, else $TS_CONFIG_FILE, else
+./config.properties), unless --url gives one.
+
 TorchServe's token authorization is on: the inference key is read from
 key_file.json (written where TorchServe was started) unless --token is given;
 --no-token sends none, for a server with token authorization off. Keys
@@ -54,6 +58,7 @@ import requests
 from minimmf.serving import kserve_v2
 from minimmf.serving.chunking import Chunk, ChunkingError, cut_chunks, open_source
 from minimmf.serving.kserve_v2 import ANSWER_OUTPUT
+from minimmf.serving.torchserve import ServingSetupError, default_ts_config, inference_address
 
 EXIT_OK, EXIT_SERVER_ERROR, EXIT_INPUT_ERROR, EXIT_CANNOT_CONNECT = 0, 1, 2, 3
 PROTOCOLS = ("multipart", "v2-json", "v2-binary")
@@ -70,7 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--video", type=Path, default=Path("demo.mp4"))
     parser.add_argument("--info", type=Path, default=Path("demo.info.json"))
-    parser.add_argument("--url", default="http://127.0.0.1:8080", help="TorchServe's inference address")
+    parser.add_argument("--url", help="TorchServe's inference address (default: --ts-config's inference_address)")
+    parser.add_argument("--ts-config", type=Path, default=default_ts_config(),
+                        help="the config.properties TorchServe runs with (default: $TS_CONFIG_FILE, else "
+                             "./config.properties)")
     parser.add_argument("--model-name", help="default: MMF_model, with --live MMF_model_live")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="multipart")
     keys = parser.add_mutually_exclusive_group()
@@ -109,9 +117,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def server_url(args: argparse.Namespace) -> str:
+    """--url, else the inference address of the config.properties TorchServe runs with."""
+    if args.url:
+        return args.url
+    if not args.ts_config.is_file():
+        raise InputError(f"no --url and no {args.ts_config} to read TorchServe's inference_address from: pass --url, "
+                         "or --ts-config with the config.properties TorchServe runs with")
+    try:
+        return inference_address(args.ts_config)
+    except ServingSetupError as problem:
+        raise InputError(str(problem)) from None
+
+
+def check_plot(args: argparse.Namespace) -> None:
+    """--plot draws the timeline (or the live stream's answers): refuse it before uploading when none will come
+    back, or it cannot be written."""
+    if args.plot is None:
+        return
+    if args.segment_seconds is None and args.live is None:
+        raise InputError("--plot draws the timeline: pass --segment-seconds too (e.g. --segment-seconds 1)")
+    if args.plot.is_dir() or not args.plot.parent.is_dir():
+        raise InputError(f"cannot write the plot to {args.plot}: pass --plot with a file in an existing folder")
+
+
 def read_video(path: Path) -> bytes:
     if not path.is_file():
-        raise InputError(f"video {path} not found; make demo writes demo.mp4, or pass --video")
+        raise InputError(f"video {path} not found; scripts/demo_requests.py --copy-first demo writes demo.mp4 "
+                         "(README, 3. Package and serve), or pass --video")
     return path.read_bytes()
 
 
@@ -293,7 +326,8 @@ def finish(args: argparse.Namespace, response: requests.Response) -> int:
     report_answer(answer)
     if args.plot is not None:
         if "timeline" not in answer:
-            return error("the answer has no timeline to plot: pass --segment-seconds", EXIT_INPUT_ERROR)
+            return error("the server's answer has no timeline to plot (a handler without timelines?)",
+                         EXIT_SERVER_ERROR)
         plot_timeline(answer, args.plot)
         print(f"timeline plot: {args.plot}")
     return EXIT_OK
@@ -428,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         return live_main(args)
     try:
         check_output(args.output)
+        check_plot(args)
+        args.url = server_url(args)
         video, info, token = read_video(args.video), read_info(args.info), inference_token(args)
     except (InputError, OSError) as problem:  # OSError: a file that exists but cannot be read
         return error(str(problem), EXIT_INPUT_ERROR)
@@ -448,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
 def live_main(args: argparse.Namespace) -> int:
     try:
         check_output(args.output)
+        check_plot(args)
+        args.url = server_url(args)
         info, token = read_info(args.info), inference_token(args)
         return run_live(args, info, token)
     except LiveStreamStopped as problem:

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Training data loading with and without the clip cache: samples/s of the
 full-size Charades pipeline (direct.yaml: 16x112x112 clips, 224x224 audio
 images, BERT tokens, the training split's random crops and flips) on
@@ -20,6 +19,8 @@ each is decoded and cached on its own, under its own path.
 
 Prints a table and writes bench/results/data_loading.json. On a shared or
 busy machine the figures are noisy; the cold/warm ratio is the point.
+
+    python -m bench.data_loading [--videos 16] [--seconds 30] [--warm-passes 3]
 """
 
 from __future__ import annotations
@@ -28,20 +29,15 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.common import DIRECT_CONFIG, last_json_line, machine, make_video, run_module, save_results
 
-RESULTS = ROOT / "bench" / "results"
-DIRECT_CONFIG = ROOT / "projects/mmf_transformer/configs/charades/direct.yaml"
 NUM_CLASSES = 157
 BATCH_SIZE = 4
 GOAL = 10.0  # warm samples/s at least GOAL x cold
@@ -49,7 +45,6 @@ GOAL = 10.0  # warm samples/s at least GOAL x cold
 
 def make_data(root: Path, videos: int, seconds: int) -> Path:
     """A Charades layout under ``root`` with ``videos`` training videos."""
-    from bench.preprocess import make_video
     from minimmf.datasets.builders.charades.layout import CHARADES_CSV_COLUMNS, CharadesLayout
 
     source = make_video(seconds)
@@ -79,11 +74,8 @@ def make_data(root: Path, videos: int, seconds: int) -> Path:
 # ------------------------------------------------------------------ workers
 
 
-def run_setting(data_dir: Path, cache_dir: Path, workers: int, one_core: bool, warm_passes: int,
-                dtype: str) -> dict:
-    """In this process: the no-cache, cold and warm passes of one setting."""
-    if one_core and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+def training_loader(setting: dict, cache: bool):
+    """The trainer's DataLoader of the training split, with or without the clip cache."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -91,34 +83,43 @@ def run_setting(data_dir: Path, cache_dir: Path, workers: int, one_core: bool, w
     from minimmf.utils.build import build_dataset, dataloader_options
     from minimmf.utils.configuration import build_config
 
-    if one_core:
+    charades = "dataset_config.charades"
+    config = build_config(DIRECT_CONFIG, [
+        "model=mmf_transformer", "dataset=charades", f"env.data_dir={setting['data_dir']}",
+        f"{charades}.cache_clips={cache}", f"{charades}.clip_cache_dir={setting['cache_dir']}",
+        f"{charades}.clip_cache_dtype={setting['dtype']}", f"training.num_workers={setting['workers']}"])
+    dataset = build_dataset("charades", config, "train")
+    options = dataloader_options(config.dataset_config.charades, config.training, torch.device("cpu"))
+    return DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, collate_fn=BatchCollator("charades", "train"),
+                      **options)
+
+
+def samples_per_second(data) -> float:
+    """One pass over ``data``."""
+    started = time.perf_counter()
+    count = 0
+    for batch in data:
+        assert batch.video.shape[1:] == (3, 16, 112, 112) and batch.audio.shape[1:] == (1, 224, 224)
+        count += len(batch.id)
+    return count / (time.perf_counter() - started)
+
+
+def run_setting(setting: dict) -> dict:
+    """In this process: the no-cache, cold and warm passes of one setting."""
+    if setting["one_core"] and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # before torch starts its threads
+    import torch
+
+    if setting["one_core"]:
         torch.set_num_threads(1)
-
-    def loader(cache: bool) -> DataLoader:
-        config = build_config(DIRECT_CONFIG, [
-            "model=mmf_transformer", "dataset=charades", f"env.data_dir={data_dir}",
-            f"dataset_config.charades.cache_clips={cache}", f"dataset_config.charades.clip_cache_dir={cache_dir}",
-            f"dataset_config.charades.clip_cache_dtype={dtype}", f"training.num_workers={workers}"])
-        dataset = build_dataset("charades", config, "train")
-        options = dataloader_options(config.dataset_config.charades, config.training, torch.device("cpu"))
-        return DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, collate_fn=BatchCollator("charades", "train"),
-                          **options)
-
-    def one_pass(data: DataLoader) -> float:
-        started = time.perf_counter()
-        count = 0
-        for batch in data:
-            assert batch.video.shape[1:] == (3, 16, 112, 112) and batch.audio.shape[1:] == (1, 224, 224)
-            count += len(batch.id)
-        return count / (time.perf_counter() - started)
-
+    cache_dir = Path(setting["cache_dir"])
     shutil.rmtree(cache_dir, ignore_errors=True)
-    result = {"workers": workers, "one_core": one_core, "dtype": dtype}
-    if dtype == "float32":
-        result["no_cache"] = one_pass(loader(cache=False))
-    cached = loader(cache=True)
-    result["cold"] = one_pass(cached)
-    result["warm_passes"] = [one_pass(cached) for _ in range(warm_passes)]
+    result = {key: setting[key] for key in ("workers", "one_core", "dtype")}
+    if setting["dtype"] == "float32":
+        result["no_cache"] = samples_per_second(training_loader(setting, cache=False))
+    cached = training_loader(setting, cache=True)
+    result["cold"] = samples_per_second(cached)
+    result["warm_passes"] = [samples_per_second(cached) for _ in range(setting["warm_passes"])]
     result["warm"] = statistics.median(result["warm_passes"])
     entries = list(cache_dir.glob("*.pt"))
     result["entries"] = len(entries)
@@ -126,14 +127,36 @@ def run_setting(data_dir: Path, cache_dir: Path, workers: int, one_core: bool, w
     return result
 
 
-def measure(data_dir: Path, cache_dir: Path, workers: int, one_core: bool, warm_passes: int, dtype: str) -> dict:
+def measure(setting: dict) -> dict:
     """One setting in a fresh process."""
-    setting = json.dumps({"data_dir": str(data_dir), "cache_dir": str(cache_dir), "workers": workers,
-                          "one_core": one_core, "warm_passes": warm_passes, "dtype": dtype})
-    result = subprocess.run([sys.executable, __file__, "--worker", setting], capture_output=True, text=True, cwd=ROOT)
+    result = run_module("bench.data_loading", "--worker", json.dumps(setting))
     if result.returncode != 0:
-        raise SystemExit(f"the {setting} run failed:\n{result.stderr}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"the {json.dumps(setting)} run failed:\n{result.stderr}")
+    return last_json_line(result.stdout)
+
+
+# -------------------------------------------------------------------- main
+
+
+def print_row(row: dict) -> None:
+    no_cache = f"{row['no_cache']:10.2f}" if "no_cache" in row else f"{'-':>10}"
+    print(f"{row['setting']:<18}{no_cache}{row['cold']:10.2f}{row['warm']:10.2f}{row['warm_over_cold']:10.1f}x"
+          f"{row['bytes_per_video'] / 1e6:10.2f}")
+
+
+def measure_settings(data_dir: Path, cache_dir: Path, workers: int, warm_passes: int) -> list[dict]:
+    """The one-core, machine and one-core uint8 settings, each printed as it ends."""
+    settings = [("one core", 0, True, "float32"), (f"{workers} workers", workers, False, "float32"),
+                ("one core, uint8", 0, True, "uint8")]
+    rows = []
+    for name, setting_workers, one_core, dtype in settings:
+        setting = {"data_dir": str(data_dir), "cache_dir": str(cache_dir), "workers": setting_workers,
+                   "one_core": one_core, "warm_passes": warm_passes, "dtype": dtype}
+        row = {"setting": name, **measure(setting)}
+        row["warm_over_cold"] = row["warm"] / row["cold"]
+        rows.append(row)
+        print_row(row)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,40 +169,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="num_workers of the machine setting (default: the machine's cores)")
     args = parser.parse_args(argv)
     if args.worker:
-        setting = json.loads(args.worker)
-        print(json.dumps(run_setting(Path(setting["data_dir"]), Path(setting["cache_dir"]), setting["workers"],
-                                     setting["one_core"], setting["warm_passes"], setting["dtype"])))
+        print(json.dumps(run_setting(json.loads(args.worker))))
         return 0
 
-    import torch
-
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    line = machine()
     with tempfile.TemporaryDirectory(prefix="data_loading_") as temporary:
         data_dir, cache_dir = Path(temporary) / "data", Path(temporary) / "cache"
         source = make_data(data_dir, args.videos, args.seconds)
-        settings = [("one core", 0, True, "float32"), (f"{args.workers} workers", args.workers, False, "float32"),
-                    ("one core, uint8", 0, True, "uint8")]
         print(f"training data loading, full-size pipeline, {args.videos} videos of {args.seconds} s 854x480 "
               f"H.264+AAC ({source.stat().st_size / 2**20:.1f} MB each), batches of {BATCH_SIZE}\n"
-              f"machine: {machine}\n")
+              f"machine: {line}\n")
         print(f"{'setting':<18}{'no cache':>10}{'cold':>10}{'warm':>10}{'warm/cold':>11}{'MB/video':>10}  samples/s")
-        rows = []
-        for name, workers, one_core, dtype in settings:
-            row = {"setting": name, **measure(data_dir, cache_dir, workers, one_core, args.warm_passes, dtype)}
-            row["warm_over_cold"] = row["warm"] / row["cold"]
-            rows.append(row)
-            no_cache = f"{row['no_cache']:10.2f}" if "no_cache" in row else f"{'-':>10}"
-            print(f"{name:<18}{no_cache}{row['cold']:10.2f}{row['warm']:10.2f}{row['warm_over_cold']:10.1f}x"
-                  f"{row['bytes_per_video'] / 1e6:10.2f}")
-    exact = [row for row in rows if row["dtype"] == "float32"]
-    met = all(row["warm_over_cold"] >= GOAL for row in exact)
+        rows = measure_settings(data_dir, cache_dir, args.workers, args.warm_passes)
+    met = all(row["warm_over_cold"] >= GOAL for row in rows if row["dtype"] == "float32")
     print(f"\ngoal (warm >= {GOAL:g}x cold, float32 entries): {'met' if met else 'NOT met'}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "data_loading.json"
-    path.write_text(json.dumps({"machine": machine, "videos": args.videos, "seconds": args.seconds,
-                                "video": "854x480 H.264+AAC, 30 fps, 48 kHz stereo", "batch_size": BATCH_SIZE,
-                                "pipeline": "direct.yaml train split: 16x112x112 clip, 224x224 audio image, text",
-                                "goal_warm_over_cold": GOAL, "goal_met": met, "rows": rows}, indent=1))
+    path = save_results("data_loading", {
+        "machine": line, "videos": args.videos, "seconds": args.seconds,
+        "video": "854x480 H.264+AAC, 30 fps, 48 kHz stereo", "batch_size": BATCH_SIZE,
+        "pipeline": "direct.yaml train split: 16x112x112 clip, 224x224 audio image, text",
+        "goal_warm_over_cold": GOAL, "goal_met": met, "rows": rows})
     print(f"saved {path}")
     return 0
 

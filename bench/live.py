@@ -12,11 +12,12 @@ stream sending its chunks at real-time pace.
 2. Against what users do today, re-sending the whole window (the last
    ``window_seconds``, cut at key frames without re-encoding) as a video
    every second to the model for whole videos, per second of stream: bytes
-   sent, decoding (every frame to RGB, all the sound), the handler's preprocessing (decoding and the
-   per-frame transform of the frames kept) and the server's CPU time (worker
-   and frontend).
+   sent, decoding (every frame to RGB, all the sound), the handler's
+   preprocessing (decoding and the per-frame transform of the frames kept)
+   and the server's CPU time (worker and frontend).
 
-Needs the demo model (`make demo`, ./save). Writes bench/results/live.json.
+Needs the demo model (`make demo`, ./save). Run from the repository root:
+``python -m bench.live``. Writes bench/results/live.json.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -38,39 +37,30 @@ import av
 import numpy as np
 import psutil
 import requests
-import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.common import (
+    ROOT,
+    SCRIPT,
+    add_demo_arguments,
+    archive,
+    machine,
+    make_video,
+    register,
+    require_demo_model,
+    save_results,
+    torchserve,
+)
+from devtools.worker import extract, load_handler
+from minimmf.datasets.video_clips import decode_chunk
+from minimmf.serving.batch import PreparedBatch
+from minimmf.serving.chunking import Chunk, cut_chunks, open_source
+from minimmf.serving.live import ChunkRequest
+from minimmf.serving.torchserve import TorchServe
 
-from devtools.worker import extract, load_handler  # noqa: E402
-from minimmf.datasets.video_clips import decode_chunk  # noqa: E402
-from minimmf.serving.batch import PreparedBatch  # noqa: E402
-from minimmf.serving.chunking import Chunk, cut_chunks, open_source  # noqa: E402
-from minimmf.serving.live import ChunkRequest  # noqa: E402
-from minimmf.serving.torchserve import TorchServe, archive_model  # noqa: E402
-from minimmf.utils.video_writer import tone, write_video  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
-CACHE = ROOT / "bench" / ".cache"
-SCRIPT = "A person opens the door, then sits down on the sofa and watches television."
+LIVE_MODEL_CONFIG = ROOT / "model-config-live.yaml"
 LIVE, WHOLE = "MMF_model_live", "MMF_model"
 TARGET_P95 = 1.0
-
-
-def camera_video(seconds: int, width: int = 854, height: int = 480, fps: int = 30) -> Path:
-    """An H.264 + AAC video with motion and sound and a key frame every second, cached between runs."""
-    path = CACHE / f"camera_{seconds}s_{height}p.mp4"
-    if path.is_file():
-        return path
-    CACHE.mkdir(parents=True, exist_ok=True)
-    base = np.random.default_rng(seconds).integers(0, 255, size=(height, width, 3), dtype=np.uint8)
-    frames = (np.roll(base, shift=index * 4, axis=1) for index in range(seconds * fps))
-    write_video(path, frames, fps=fps, audio=tone(seconds, 48000, amplitude=0.3, channels=2), audio_rate=48000,
-                video_options={"preset": "ultrafast", "crf": "28",
-                               "x264-params": f"keyint={fps}:min-keyint={fps}:scenecut=0"})
-    return path
 
 
 def window_video(source: Path, start: float, end: float) -> bytes:
@@ -184,30 +174,27 @@ def decoding(model_dir: Path, chunks: list[Chunk], windows: list[bytes], config:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--save-dir", type=Path, default=ROOT / "save")
+    add_demo_arguments(parser)
     parser.add_argument("--seconds", type=int, default=30, help="length of each stream")
     parser.add_argument("--streams", default="1,2,4,8", help="concurrent streams to measure")
     parser.add_argument("--no-search", action="store_true", help="stop after --streams, even when all keep up")
     args = parser.parse_args(argv)
-    if not (args.save_dir / "mmf_transformer_final.pth").is_file():
-        print(f"no demo model in {args.save_dir}: run `make demo` first", file=sys.stderr)
+    if not require_demo_model(args.save_dir, args.data_dir):
         return 2
-    video = camera_video(args.seconds)
+    video = make_video(args.seconds, key_frame_seconds=1)
     with open_source(str(video)) as container:
         chunks = list(cut_chunks(container, 1.0))
     assert not any(chunk.reencoded for chunk in chunks)
-    config = yaml.safe_load((ROOT / "model-config-live.yaml").read_text())
+    config = yaml.safe_load(LIVE_MODEL_CONFIG.read_text())
     window = float(config["handler"]["live"]["window_seconds"])
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)
         store = workdir / "store"
-        archive_model(args.save_dir, store, model_config=ROOT / "model-config-live.yaml", name=LIVE)
-        archive_model(args.save_dir, store, model_config=ROOT / "model-config.yaml", name=WHOLE)
-        serve = TorchServe.private(workdir, store, ROOT / "config.properties")
-        serve.start()
-        try:
+        archive(args.save_dir, store, name=LIVE, model_config=LIVE_MODEL_CONFIG)
+        archive(args.save_dir, store, name=WHOLE)
+        with torchserve(workdir, store) as serve:
             for name in (LIVE, WHOLE):
-                serve.register(f"{name}.mar", name).raise_for_status()
+                register(serve, f"{name}.mar", name)
             rows, counts = [], [int(n) for n in args.streams.split(",")]
             while counts:
                 streams = counts.pop(0)
@@ -217,8 +204,6 @@ def main(argv: list[str] | None = None) -> int:
                 if not counts and kept_up and not args.no_search:
                     counts = [streams + max(1, streams // 4)]
             baseline = today(serve, video, window, args.seconds)
-        finally:
-            serve.stop()
         decoded = decoding(extract(store / f"{LIVE}.mar", workdir / "live"), chunks, baseline.pop("windows"), config)
     sustained = max((row["streams"] for row in rows if row["p95_s"] <= TARGET_P95 and not row["fell_behind"]),
                     default=0)
@@ -231,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         "server_cpu_s_per_second": {"live": one["server_cpu_s_per_stream_second"],
                                     "today": baseline["server_cpu_s_per_stream_second"]},
     }
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-    report = {"machine": machine, "video": f"{args.seconds} s 854x480 H.264+AAC, 30 fps, a key frame every second",
+    report = {"machine": machine(), "video": f"{args.seconds} s 854x480 H.264+AAC, 30 fps, a key frame every second",
               "window_seconds": window, "answer_every_seconds": config["handler"]["live"]["answer_every_seconds"],
               "latency": rows, "sustained_streams_p95_within_1s": sustained,
               "state_bytes_per_stream": {"max_measured": decoded["state_bytes_max"],
@@ -249,9 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, values in comparison.items():
         print(f"{name}: live {values['live']:.4g}, today {values['today']:.4g} "
               f"({values['today'] / values['live']:.1f}x)")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "live.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"saved {RESULTS / 'live.json'}")
+    print(f"saved {save_results('live', report)}")
     return 0
 
 

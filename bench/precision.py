@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Faster inference modes against fp32, on the synthetic validation set.
 
 For the demo model (./save) and a full-size Charades model with random
@@ -7,17 +6,16 @@ batches of 4 by each mode: plain fp32, the shipped fp32 fast path
 (channels-last encoders), and the handler's opt-in modes (bf16 autocast,
 int8 dynamic quantization of the BERT linears). Reported: time per
 sample, speed-up over plain fp32, label agreement with fp32 (same label set
-at the threshold) and the largest probability difference. Writes
+at the dataset's prediction_threshold) and the largest probability difference. Writes
 bench/results/precision.json.
+
+    python -m bench.precision [--save-dir save] [--data-dir data] [--models demo full] [--videos N]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -25,19 +23,16 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.common import add_demo_arguments, full_size_model, machine, require_demo_model, run_file, save_results
+from minimmf.common.sample import SampleList
+from minimmf.datasets.builders.charades.builder import CharadesBuilder
+from minimmf.datasets.builders.charades.layout import CharadesLayout
+from minimmf.datasets.video_clips import UNBOUNDED
+from minimmf.serving.predictor import autocast_for
+from minimmf.utils.build import build_model
+from minimmf.utils.checkpoint import load_checkpoint_file
+from minimmf.utils.configuration import build_config
 
-from bench.serving import full_size_model, has_demo_model  # noqa: E402
-from minimmf.common.sample import SampleList  # noqa: E402
-from minimmf.datasets.builders.charades.dataset import CharadesSampleMaker  # noqa: E402
-from minimmf.datasets.builders.charades.layout import CharadesLayout  # noqa: E402
-from minimmf.serving.predictor import autocast_for, quantize_bert, use_channels_last  # noqa: E402
-from minimmf.utils.build import build_model, build_processors  # noqa: E402
-from minimmf.utils.checkpoint import load_checkpoint_file  # noqa: E402
-from minimmf.utils.configuration import build_config  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
 MODES = {
     "fp32": {},
     "fp32 channels_last (shipped)": {"channels_last": True},
@@ -46,10 +41,10 @@ MODES = {
 }
 
 
-def validation_batches(config, data_dir: Path, batch_size: int = 4) -> list[SampleList]:
-    df = CharadesLayout.default(data_dir).read_split("test")
-    charades = config.dataset_config.charades
-    maker = CharadesSampleMaker(build_processors(charades.processors), "test", int(charades.frames_per_clip))
+def validation_batches(config, data_dir: Path, videos: int | None, batch_size: int = 4) -> list[SampleList]:
+    """The first ``videos`` held-out videos (None: all), preprocessed once, in batches."""
+    df = CharadesLayout.default(data_dir).read_split("test").head(videos)
+    maker = CharadesBuilder.inference_sample_maker(config.dataset_config.charades, UNBOUNDED)
     samples = [maker(row.path, row.script) for row in df.itertuples()]
     return [SampleList(samples[i:i + batch_size]) for i in range(0, len(samples), batch_size)]
 
@@ -63,19 +58,23 @@ def score(model, batches: list[SampleList], precision: str) -> tuple[torch.Tenso
     return torch.sigmoid(scores), time.perf_counter() - started
 
 
-def compare(name: str, config, weights: Path, data_dir: Path, threshold: float) -> list[dict]:
+def print_row(row: dict) -> None:
+    print(f"{row['model']:<5}{row['mode']:>30}{row['ms_per_sample']:>10.0f}{row['speedup']:>9.2f}x"
+          f"{row['label_agreement']:>11.1%}{row['max_probability_diff']:>11.4f}", flush=True)
+
+
+def compare(name: str, config, weights: Path, data_dir: Path, videos: int | None) -> list[dict]:
+    """Each mode of MODES against the first (plain fp32), on the same batches."""
     base = build_model(config)
     base.load_state_dict(load_checkpoint_file(weights))
     base.eval()
-    batches = validation_batches(config, data_dir)
+    batches = validation_batches(config, data_dir, videos)
     count = sum(batch.get_batch_size() for batch in batches)
+    threshold = float(config.dataset_config.charades.get("prediction_threshold", 0.5))  # the handler's default
     rows, reference, reference_seconds = [], None, None
     for mode, options in MODES.items():
-        model = copy.deepcopy(base)
-        if options.get("channels_last"):
-            use_channels_last(model)
-        if options.get("quantize"):
-            quantize_bert(model)
+        model = copy.deepcopy(base).prepare_for_inference(channels_last=options.get("channels_last", False),
+                                                          quantize=options.get("quantize", False))
         probabilities, seconds = score(model, batches, options.get("precision", "fp32"))
         if reference is None:
             reference, reference_seconds = probabilities, seconds
@@ -83,31 +82,31 @@ def compare(name: str, config, weights: Path, data_dir: Path, threshold: float) 
         rows.append({"model": name, "mode": mode, "videos": count, "ms_per_sample": seconds / count * 1000,
                      "speedup": reference_seconds / seconds, "label_agreement": float(same_labels.float().mean()),
                      "max_probability_diff": float((probabilities - reference).abs().max())})
-        row = rows[-1]
-        print(f"{name:<5}{mode:>30}{row['ms_per_sample']:>10.0f}{row['speedup']:>9.2f}x"
-              f"{row['label_agreement']:>11.1%}{row['max_probability_diff']:>11.4f}", flush=True)
+        print_row(rows[-1])
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--save-dir", type=Path, default=ROOT / "save")
-    parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
+    add_demo_arguments(parser)
+    parser.add_argument("--models", nargs="*", default=["demo", "full"], choices=["demo", "full"])
+    parser.add_argument("--videos", type=int, help="the first N held-out videos only (default: all)")
     args = parser.parse_args(argv)
-    if not has_demo_model(args.save_dir, args.data_dir):
-        print("error: needs the demo model and data; run `make demo` (or scripts/train.sh) first", file=sys.stderr)
+    if not require_demo_model(args.save_dir, args.data_dir):
         return 2
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-    print(f"inference modes against fp32 on the synthetic validation set (batches of 4)\nmachine: {machine}\n")
+    line = machine()
+    print(f"inference modes against fp32 on the synthetic validation set (batches of 4)\nmachine: {line}\n")
     print(f"{'model':<5}{'mode':>30}{'ms/sample':>10}{'speed-up':>10}{'agreement':>11}{'max diff':>11}")
-    rows = compare("demo", build_config(args.save_dir / "config.yaml"), args.save_dir / "mmf_transformer_final.pth",
-                   args.data_dir, threshold=0.5)
-    with tempfile.TemporaryDirectory() as tmp:
-        save_dir, weights, _ = full_size_model(Path(tmp))
-        rows += compare("full", build_config(save_dir / "config.yaml"), weights, args.data_dir, threshold=0.5)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "precision.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
-    print(f"saved {RESULTS / 'precision.json'}\n(the full-size model has random weights: its agreement measures "
+    rows = []
+    if "demo" in args.models:
+        rows += compare("demo", build_config(run_file(args.save_dir, "config")), run_file(args.save_dir, "weights"),
+                        args.data_dir, args.videos)
+    if "full" in args.models:
+        with tempfile.TemporaryDirectory() as tmp:
+            save_dir, weights = full_size_model(Path(tmp))
+            rows += compare("full", build_config(save_dir / "config.yaml"), weights, args.data_dir, args.videos)
+    path = save_results("precision", {"machine": line, "rows": rows})
+    print(f"saved {path}\n(the full-size model has random weights: its agreement measures "
           "numerical drift, not accuracy)")
     return 0
 

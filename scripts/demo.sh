@@ -2,8 +2,10 @@
 # The end-to-end demo (make demo): synthetic Charades data -> mmf_run training
 # of the tiny config -> torch-model-archiver -> TorchServe (token auth on) ->
 # registration -> request.py on held-out videos, printed beside their true
-# labels, a timeline of one, and the same one as a live stream -> TorchServe stopped.
-# Exits non-zero on any failure.
+# labels, a timeline of one, and the same one as a live stream -> TorchServe stopped. Exits non-zero on any failure.
+# It stops only the TorchServe it started (scripts/serve.sh), and writes only
+# ignored paths (data/, save/, model_store/, logs/, .torchserve/, demo.mp4, key_file.json)
+# and demo.info.json, which for the default data is the committed file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${BIN:-.venv/bin}"
@@ -22,9 +24,10 @@ scripts/train.sh "$@"
 step "3/6 archiving model_store/MMF_model.mar and MMF_model_live.mar"
 scripts/archive.sh "$SAVE_DIR"
 
-step "4/6 starting TorchServe"
-trap 'step "6/6 stopping TorchServe"; scripts/serve.sh stop' EXIT
+step "4/6 starting TorchServe (addresses from config.properties)"
 scripts/serve.sh start
+# set once the server is ours: a refused start stops nothing
+trap 'step "6/6 stopping TorchServe"; scripts/serve.sh stop' EXIT
 
 step "5/6 registering MMF_model and sending held-out videos with request.py"
 scripts/serve.sh register

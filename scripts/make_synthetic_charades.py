@@ -31,6 +31,7 @@ import argparse
 import colorsys
 import csv
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def pick_actions(rng: np.random.Generator, classes: list[ActionClass], duration:
                  must_include: ActionClass | None, localized: bool) -> list[Action]:
     """One to three actions: lasting (almost) the whole video, or, ``localized``,
     taking turns in consecutive slots with a gap between them."""
-    count = int(rng.integers(1, 4))
+    count = min(int(rng.integers(1, 4)), len(classes))
     chosen = list(rng.choice(len(classes), size=count, replace=False))
     if must_include is not None and classes.index(must_include) not in chosen:
         chosen[0] = classes.index(must_include)
@@ -150,11 +151,24 @@ def script_for(actions: list[Action], rng: np.random.Generator, generic: bool) -
     return f"{text} {rng.choice(FILLERS)}".strip()
 
 
+def progress(items: range, description: str, quiet: bool) -> Iterator[int]:
+    """``items``, with a tqdm bar on a terminal; elsewhere (a log file, a pipe)
+    a line at every tenth, since a bar's redraws would make one huge line."""
+    if quiet or sys.stderr.isatty():
+        yield from tqdm(items, desc=description, unit="video", disable=quiet)
+        return
+    step = max(1, len(items) // 10)
+    for done, item in enumerate(items, start=1):
+        yield item
+        if done % step == 0 or done == len(items):
+            print(f"{description}: {done}/{len(items)}", file=sys.stderr, flush=True)
+
+
 def write_split(name: str, count: int, classes: list[ActionClass], layout: CharadesLayout, args: argparse.Namespace,
                 rng: np.random.Generator, used_ids: set[str]) -> None:
     annotations, videos = layout.annotations[name][0], layout.videos[name][0]
     rows = []
-    for index in tqdm(range(count), desc=f"{name} videos", unit="video", disable=args.quiet):
+    for index in progress(range(count), f"{name} videos", args.quiet):
         vid = video_id(rng)
         while vid in used_ids:
             vid = video_id(rng)
@@ -178,23 +192,30 @@ def write_split(name: str, count: int, classes: list[ActionClass], layout: Chara
         writer.writerows(rows)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written, each option with its default (flags have none to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is False else super()._get_help_string(action)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("data"), help="data root (env.data_dir); default ./data")
-    parser.add_argument("--num-classes", type=int, default=8)
-    parser.add_argument("--num-train", type=int, default=100)
-    parser.add_argument("--num-test", type=int, default=24)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("data"), help="data root (env.data_dir)")
+    parser.add_argument("--num-classes", type=int, default=8, help="action classes")
+    parser.add_argument("--num-train", type=int, default=100, help="training videos")
+    parser.add_argument("--num-test", type=int, default=24, help="test videos (the val and test splits)")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per video")
-    parser.add_argument("--width", type=int, default=160)
-    parser.add_argument("--height", type=int, default=120)
-    parser.add_argument("--fps", type=float, default=12.0)
-    parser.add_argument("--audio-rate", type=int, default=16000)
+    parser.add_argument("--width", type=int, default=160, help="frame width in pixels (even)")
+    parser.add_argument("--height", type=int, default=120, help="frame height in pixels (even)")
+    parser.add_argument("--fps", type=float, default=12.0, help="frames per second")
+    parser.add_argument("--audio-rate", type=int, default=16000, help="audio samples per second")
     parser.add_argument("--localized-fraction", type=float, default=0.5,
                         help="share of videos whose actions take turns in distinct intervals")
     parser.add_argument("--generic-script-fraction", type=float, default=0.3,
                         help="share of videos whose script names none of their actions")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--seed", type=int, default=0, help="fixes annotations, scripts, frames and sounds")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or lines")
     parser.add_argument("--skip-existing", action="store_true",
                         help="do nothing when <out> already holds a training split")
     args = parser.parse_args(argv)

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from minimmf.utils.file_io import atomic_save, atomic_write, remove_stale_temporaries, temporary_path
+from minimmf.utils.file_io import atomic_copy, atomic_save, atomic_write, remove_stale_temporaries, temporary_path
 
 
 def test_atomic_write_replaces_the_file_whole(tmp_path):
@@ -49,3 +49,21 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     assert remove_stale_temporaries(tmp_path) == [stale]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, unrelated.name])
     assert str(os.getpid()) in mine.name
+
+
+def test_own_temporaries_count_as_stale_for_a_process_that_has_not_written_yet(tmp_path):
+    """A restarted container gives the new process the pid the killed one had."""
+    mine = temporary_path(tmp_path / "models" / "model_3.ckpt")
+    mine.parent.mkdir()
+    mine.write_bytes(b"left by the killed process of the same pid")
+    assert remove_stale_temporaries(tmp_path, recursive=True) == []
+    assert remove_stale_temporaries(tmp_path, recursive=True, ours_too=True) == [mine]
+
+
+def test_atomic_copy(tmp_path):
+    source, target = tmp_path / "vocab.txt", tmp_path / "save" / "vocab.txt"
+    source.write_text("[PAD]\n[UNK]\n")
+    target.parent.mkdir()
+    target.write_text("old")
+    atomic_copy(source, target)
+    assert target.read_text() == "[PAD]\n[UNK]\n" and [p.name for p in target.parent.iterdir()] == ["vocab.txt"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -100,6 +101,33 @@ def test_usage_errors(inputs, args):
     assert_fails(run_client(*args, cwd=inputs), INPUT_ERROR)
 
 
+def test_a_plot_without_a_timeline_fails_before_uploading(inputs):
+    """--plot without --segment-seconds is refused at once: nothing is sent (the port is closed,
+    so an upload attempt would end in exit 3), no answer or plot is written."""
+    result = run_client("--url", closed_port_url(), "--plot", "timeline.png", cwd=inputs)
+    assert_fails(result, INPUT_ERROR, "--plot draws the timeline", "pass --segment-seconds")
+    assert not (inputs / "response.txt").exists() and not (inputs / "timeline.png").exists()
+    unwritable = run_client("--url", closed_port_url(), "--segment-seconds", "1", "--plot", "no/such/t.png",
+                            cwd=inputs)
+    assert_fails(unwritable, INPUT_ERROR, "cannot write the plot to no/such/t.png")
+
+
+def test_without_url_the_address_comes_from_config_properties(inputs):
+    """No --url: the inference_address of ./config.properties, --ts-config's or TS_CONFIG_FILE's."""
+    url = closed_port_url()
+    (inputs / "config.properties").write_text(f"inference_address={url}\nmanagement_address=http://127.0.0.1:1\n"
+                                              "metrics_address=http://127.0.0.1:2\n")
+    assert_fails(run_client(cwd=inputs), CANNOT_CONNECT, f"cannot connect to TorchServe at {url}")
+    (inputs / "config.properties").rename(inputs / "other.properties")
+    assert_fails(run_client("--ts-config", "other.properties", cwd=inputs), CANNOT_CONNECT, url)
+    from_env = subprocess.run([sys.executable, str(ROOT / "request.py")], cwd=inputs, capture_output=True, text=True,
+                              env={**os.environ, "TS_CONFIG_FILE": str(inputs / "other.properties")}, timeout=600)
+    assert_fails(from_env, CANNOT_CONNECT, url)
+    no_config = subprocess.run([sys.executable, str(ROOT / "request.py")], cwd=inputs, capture_output=True, text=True,
+                               env={k: v for k, v in os.environ.items() if k != "TS_CONFIG_FILE"}, timeout=600)
+    assert_fails(no_config, INPUT_ERROR, "no --url and no config.properties", "pass --url")
+
+
 # --------------------------------------------------------- cannot connect
 
 
@@ -141,6 +169,16 @@ def clip(test_split, tmp_path) -> tuple[Path, Path]:
     info = tmp_path / "clip.info.json"
     info.write_text(json.dumps({"script": script, "action_labels": ["Holding a book"]}))
     return video, info
+
+
+@pytest.mark.slow
+def test_the_served_address_comes_from_the_servers_config(server, clip, tmp_path):
+    """Without --url, request.py reaches the server on the port its config.properties names."""
+    output = tmp_path / "response.txt"
+    result = run_client("--video", str(clip[0]), "--info", str(clip[1]), "--ts-config", str(server.ts_config),
+                        "--key-file", str(server.key_file), "--output", str(output), cwd=tmp_path)
+    assert result.returncode == OK, result.stderr
+    assert json.loads(output.read_text())["expected_labels"] == ["Holding a book"]
 
 
 def request_to(serve: TorchServe, video: Path, info: Path, output: Path, *args: str) -> subprocess.CompletedProcess:
@@ -194,16 +232,6 @@ def test_the_timeline_is_printed_and_plotted(server, clip, tmp_path, protocol):
     with Image.open(plot) as image:
         assert image.format == "PNG" and image.width >= 600
         assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or []) > 50  # drawn, not blank
-
-
-@pytest.mark.slow
-def test_a_plot_needs_a_timeline(server, clip, tmp_path):
-    output = tmp_path / "response.txt"
-    result = request_to(server, *clip, output, "--key-file", str(server.key_file), "--plot",
-                        str(tmp_path / "timeline.png"))
-    assert_fails(result, INPUT_ERROR, "no timeline to plot", "pass --segment-seconds")
-    assert "labels" in json.loads(output.read_text())  # the answer is kept all the same
-    assert not (tmp_path / "timeline.png").exists()
 
 
 @pytest.mark.slow

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -153,9 +155,37 @@ def test_describe_and_request_client(server, videos, tmp_path):
                               "--url", serve.url("inference"), "--token", "wrong",
                               "--output", str(tmp_path / "r2.txt")], capture_output=True, text=True)
     assert refused.returncode == 1 and "Token Authorization failed" in refused.stderr
-    # the handler's own metrics reach TorchServe's metrics log
-    metrics_log = (serve.workdir / "logs" / "model_metrics.log").read_text()
-    assert all(name in metrics_log for name in ("DecodeTime", "PreprocessTime", "ModelTime"))
+
+
+def prometheus_samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Prometheus' text format: ``{metric: [(labels, value), ...]}``."""
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for line in text.splitlines():
+        match = re.fullmatch(r'(\w+)(?:\{(.*?),?\})? (\S+)', line)
+        if match and not line.startswith("#"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+            samples.setdefault(match.group(1), []).append((labels, float(match.group(3))))
+    return samples
+
+
+def test_the_metrics_address_serves_the_handlers_metrics_to_prometheus(server, videos):
+    """After a request, GET <metrics_address>/metrics (no key needed) holds the handler's DecodeTime,
+    PreprocessTime and ModelTime for MMF_model, and TorchServe's own request counters."""
+    serve, _, _ = server
+    assert predict(serve, good_files(*videos[0])).status_code == 200
+    response = requests.get(serve.url("metrics") + "/metrics", timeout=60)
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/plain")
+    samples = prometheus_samples(response.text)
+    for name in ("DecodeTime", "PreprocessTime", "ModelTime"):
+        assert "# TYPE " + name + " gauge" in response.text, name
+        [(labels, value)] = [sample for sample in samples[name] if sample[0].get("ModelName") == "MMF_model"]
+        assert labels["Level"] == "Model" and value > 0, name
+    decode, = (v for labels, v in samples["DecodeTime"] if labels["ModelName"] == "MMF_model")
+    preprocess, = (v for labels, v in samples["PreprocessTime"] if labels["ModelName"] == "MMF_model")
+    assert decode <= preprocess  # decoding is part of preprocessing
+    requests_total, = (v for labels, v in samples["ts_inference_requests_total"]
+                       if labels["model_name"] == "MMF_model")
+    assert requests_total >= 1
 
 
 def test_kserve_v2_inference_endpoint(server, videos):
@@ -292,3 +322,99 @@ def test_which_v2_routes_torchserve_serves(server):
     assert requests.get(inference + "/ping", headers=serve.headers("inference"), timeout=60).json()["status"] == \
         "Healthy"
     assert serve.describe()[0]["workers"][0]["status"] == "READY"
+
+
+# ----------------------------------------- own only what you start, beside another
+
+
+@pytest.fixture(scope="module")
+def bystander(tmp_path_factory):
+    """Another user's TorchServe, started the plain way (``torchserve --start``, its own
+    config.properties on other free ports, its pid file in its own temporary folder;
+    no model). Yields its folder, inference address and the ping that checks it answers."""
+    from minimmf.serving.torchserve import BIN, free_port, torchserve_environment
+
+    folder = tmp_path_factory.mktemp("bystander")
+    (folder / "store").mkdir()
+    (folder / "tmp").mkdir()
+    inference = f"http://127.0.0.1:{free_port()}"
+    (folder / "config.properties").write_text(
+        f"inference_address={inference}\nmanagement_address=http://127.0.0.1:{free_port()}\n"
+        f"metrics_address=http://127.0.0.1:{free_port()}\ngrpc_inference_port={free_port()}\n"
+        f"grpc_management_port={free_port()}\ndisable_token_authorization=true\n")
+    env = torchserve_environment({"TMPDIR": str(folder / "tmp")})
+    env.pop("TS_CONFIG_FILE", None)
+
+    def torchserve(*args: str) -> None:
+        with open(folder / "torchserve.out", "a") as output:  # Java keeps the launcher's stdout: a file
+            subprocess.run([str(BIN / "torchserve"), *args], cwd=folder, env=env, stdout=output,
+                           stderr=subprocess.STDOUT, check=True, timeout=120)
+
+    def answers() -> bool:
+        try:
+            return requests.get(inference + "/ping", timeout=5).json()["status"] == "Healthy"
+        except (requests.RequestException, ValueError, KeyError):
+            return False
+
+    torchserve("--start", "--ncs", "--model-store", "store", "--ts-config", "config.properties")
+    try:
+        for _ in range(120):
+            if answers():
+                break
+            time.sleep(1)
+        assert answers(), (folder / "torchserve.out").read_text()
+        yield folder, inference, answers
+    finally:
+        torchserve("--stop")
+
+
+def test_our_start_requests_and_stop_leave_another_torchserve_running(server, bystander, videos, tmp_path):
+    """A second server of ours (the CLI behind scripts/serve.sh) beside the bystander: its pid file is
+    in its own folder's .torchserve/, its stop ends it and nothing else."""
+    folder, _, answers = bystander
+    bystander_pid = (folder / "tmp" / ".model_server.pid").read_text()
+    ours = TorchServe.private(tmp_path, server[0].model_store, ROOT / "config.properties")
+    started = serving_cli(ours, "start")
+    assert started.returncode == 0, started.stderr
+    assert ours.pid_file == tmp_path / ".torchserve" / ".model_server.pid" and ours.running_pid() is not None
+    assert f"pid {ours.running_pid()}" in started.stdout and ours.url("inference") in started.stdout
+    registered = serving_cli(ours, "register")
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+    assert predict(ours, good_files(*videos[0])).status_code == 200
+    assert answers()
+    pid = ours.running_pid()
+    stopped = serving_cli(ours, "stop")
+    assert stopped.returncode == 0 and f"TorchServe stopped (pid {pid})" in stopped.stdout, stopped.stderr
+    assert ours.running_pid() is None and not ours.pid_file.exists() and not ours.key_file.exists()
+    assert answers() and (folder / "tmp" / ".model_server.pid").read_text() == bystander_pid
+    again = serving_cli(ours, "stop")
+    assert again.returncode == 0 and "is not running" in again.stdout
+    assert answers()
+
+
+def test_a_taken_port_is_refused_before_anything_starts(bystander, tmp_path):
+    """config.properties naming the bystander's port: start refuses, naming the port and the line, and
+    neither launches TorchServe nor touches the bystander."""
+    _, inference, answers = bystander
+    port = inference.rsplit(":", 1)[1]
+    config = tmp_path / "taken.properties"
+    text = (ROOT / "config.properties").read_text()
+    config.write_text(re.sub(r"^inference_address=.*$", f"inference_address={inference}", text, flags=re.M))
+    ours = TorchServe(tmp_path, tmp_path, config)
+    refused = serving_cli(ours, "start")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"port {port} on 127.0.0.1 (inference_address={inference})" in refused.stderr
+    assert str(config) in refused.stderr and "edit that line" in refused.stderr
+    assert not (tmp_path / ".torchserve").exists() and not (tmp_path / "logs").exists()
+    assert answers()
+
+
+def test_a_second_start_from_the_same_folder_is_refused(server):
+    serve, _, _ = server
+    pid = serve.running_pid()
+    again = serving_cli(serve, "start")
+    assert again.returncode == 2 and f"already running (pid {pid}" in again.stderr, again.stderr
+    assert serve.running_pid() == pid and serve.is_healthy()
+    status = serving_cli(serve, "status")
+    assert status.returncode == 0 and f"TorchServe is running (pid {pid})" in status.stdout
+    assert "MMF_model" in status.stdout

@@ -1,7 +1,8 @@
 """MMF's prediction files (``evaluation.predict``): one file per evaluated
 split, ``<dataset>_<experiment_name>_<split>_<time>.json`` (or ``.csv`` with
 ``predict_file_format: csv``), in ``env.report_dir`` or else
-``<save_dir>/<datasets>_<model>_<seed>/reports``, as MMF's file reporter."""
+``<save_dir>/<datasets>_<model>_<seed>/reports``, as MMF's file reporter.
+Each file appears whole or not at all (written atomically)."""
 
 from __future__ import annotations
 

@@ -6,13 +6,17 @@ by ``early_stop.criteria``, and finishing with ``mmf_transformer_final.pth``
 (the best model's plain state dict).
 
 Runs in one process or in several (DistributedDataParallel; only the main
-process writes files).
+process writes files). A stop signal (SIGTERM, SIGUSR1, SIGINT) ends
+training after the update in flight with a checkpoint, in every process
+(``trainers/core/preemption.py``); a resumed run continues the interrupted
+one update for update (``trainers/core/exact_resume.py``).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import sys
 import time
 from collections.abc import Iterable
@@ -32,15 +36,19 @@ from minimmf.common.sample import SampleList
 from minimmf.modules.metrics import build_metrics
 from minimmf.trainers.config_checks import config_warnings
 from minimmf.trainers.core.evaluation_loop import LossSums, evaluate_set
+from minimmf.trainers.core.exact_resume import ResumableSampler, SeededItems, rng_states, set_rng_states
+from minimmf.trainers.core.preemption import EXIT_CHECKPOINT_WRITE_FAILED, Preemption, TrainingStopped
 from minimmf.utils import distributed
 from minimmf.utils.build import build_dataset, build_model, build_optimizer, build_scheduler, dataloader_options
 from minimmf.utils.checkpoint import Checkpoint
 from minimmf.utils.configuration import ConfigError, dataset_names, parse_run_type, splits_to_load
 from minimmf.utils.early_stopping import EarlyStopping
 from minimmf.utils.env import pick_seed, set_seed
+from minimmf.utils.file_io import atomic_write, remove_stale_temporaries
 from minimmf.utils.general import clip_gradients, get_batch_size, get_max_updates
 from minimmf.utils.logger import MetricsLogger, RunLogging, TensorboardLogger, log_folder, log_progress
 from minimmf.utils.manifest import RunManifest, new_run_id
+from minimmf.utils.signals import exit_status, ignore_stop_signals, signal_name
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +79,13 @@ class MMFTrainer:
         self.tensorboard: TensorboardLogger | None = None
         self.run_id = new_run_id()
         self.inference_files: dict[str, str] = {}
+        self.window: _LossWindow | None = None
+        # where the run is in its epoch: positions taken before this run started it, batches since
+        self.epoch_start, self.epoch_batches = 0, 0
+        # from the checkpoint resumed: its position in the epoch and this process's state
+        self.resume_position: dict[str, int] | None = None
+        self.saved_rank_state: dict[str, Any] | None = None
+        self.checkpoint_seed: int | None = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -81,7 +96,9 @@ class MMFTrainer:
         self.record_what_runs()
         if self.is_main:
             self.save_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(self.config, self.save_dir / "config.yaml")
+            self.remove_leftovers()
+            with atomic_write(self.save_dir / "config.yaml") as handle:
+                OmegaConf.save(self.config, handle)
             for message in config_warnings(self.config):
                 logger.warning(message)
             if self.training_config.log_detailed_config:
@@ -95,7 +112,10 @@ class MMFTrainer:
         self.metrics = {key: metric for key, metric in build_metrics(self.config.evaluation.metrics).items()
                         if metric.applies_to(self.dataset_name)}
         if self.is_main:
-            self.metrics_logger = MetricsLogger(self.save_dir)
+            # a training run's curves start at its first update (a resumed one's, at the checkpoint's);
+            # an evaluation-only run adds its evaluation to the curves already there
+            keep_until = self.num_updates if "train" in self.run_types else math.inf
+            self.metrics_logger = MetricsLogger(self.save_dir, keep_until)
             if self.training_config.tensorboard:
                 self.tensorboard = TensorboardLogger(self.config.env.tensorboard_logdir or log_folder(self.config))
 
@@ -112,6 +132,12 @@ class MMFTrainer:
         set_seed(self.seed + distributed.get_rank())
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = bool(self.training_config.cudnn_benchmark)
+
+    def remove_leftovers(self) -> None:
+        """The temporary files of a run killed while it wrote (see utils/file_io.py)."""
+        for folder in {self.save_dir, test_reporter.report_folder(self.config)}:
+            for path in remove_stale_temporaries(folder, recursive=True, ours_too=True):
+                logger.info("removed %s, left by a run killed while it wrote", path)
 
     def record_what_runs(self) -> None:
         """The saved config says what ran, not what was asked for."""
@@ -165,13 +191,30 @@ class MMFTrainer:
                 find_unused_parameters=bool(self.training_config.find_unused_parameters))
 
     def dataloader(self, split: str, shuffle: bool) -> DataLoader:
+        """The split's batches. ``shuffle`` (training): in an order a checkpoint
+        can resume from, each sample's random transforms seeded on their own,
+        the workers leaving stop signals to this process; else in order,
+        shared among the processes."""
         dataset = self.datasets[split]
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=self.seed) \
-            if distributed.is_dist_initialized() else None
         options = dataloader_options(self.config.dataset_config[self.dataset_name], self.training_config,
                                      self.device)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                          collate_fn=BatchCollator(self.dataset_name, split), drop_last=False, **options)
+        collate = BatchCollator(self.dataset_name, split)
+        if shuffle:
+            rank = distributed.get_rank()
+            sampler = ResumableSampler(len(dataset), self.data_seed, rank, distributed.get_world_size())
+            # its own generator: the workers' seeds are not drawn from the model's random stream
+            generator = torch.Generator().manual_seed(self.data_seed + rank)
+            return DataLoader(SeededItems(dataset, self.data_seed), batch_size=self.batch_size, sampler=sampler,
+                              collate_fn=collate, drop_last=False, generator=generator,
+                              worker_init_fn=_leave_stop_signals_to_the_trainer, **options)
+        sampler = DistributedSampler(dataset, shuffle=False) if distributed.is_dist_initialized() else None
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=collate,
+                          drop_last=False, **options)
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the data order and augmentations: the run's, or that of the checkpoint it resumed."""
+        return self.seed if self.checkpoint_seed is None else self.checkpoint_seed
 
     @property
     def unwrapped_model(self) -> torch.nn.Module:
@@ -183,7 +226,7 @@ class MMFTrainer:
         loader = self.dataloader("train", shuffle=True)
         update_frequency = int(self.training_config.update_frequency)
         self.max_updates = get_max_updates(self.training_config.max_updates, self.training_config.max_epochs,
-                                           len(loader), update_frequency)
+                                           loader.sampler.batches_per_epoch(self.batch_size), update_frequency)
         if self.training_config.max_epochs is not None and self.training_config.max_updates is not None:
             logger.info("both max_updates and max_epochs are set: max_epochs wins (%d updates)", self.max_updates)
         self.progress = tqdm(total=self.max_updates, initial=self.num_updates, desc="training", unit="update",
@@ -191,11 +234,14 @@ class MMFTrainer:
         self.window = _LossWindow()
         anomaly_before = torch.is_anomaly_enabled()
         torch.autograd.set_detect_anomaly(bool(self.training_config.detect_anomaly))
+        self.preemption = Preemption(self.device)
         try:
-            self.model.train()
-            stop = self.num_updates >= self.max_updates
-            while not stop:
-                stop = self.run_training_epoch(loader, update_frequency)
+            with self.preemption:
+                self.model.train()
+                self.restore_rank_state()  # last: from here on the random streams are the interrupted run's
+                stop = self.num_updates >= self.max_updates
+                while not stop:
+                    stop = self.run_training_epoch(loader, update_frequency)
         finally:
             torch.autograd.set_detect_anomaly(anomaly_before)
             self.progress.close()
@@ -204,20 +250,60 @@ class MMFTrainer:
             self.write_manifest()
 
     def run_training_epoch(self, loader: DataLoader, update_frequency: int) -> bool:
-        """One pass over the training data, in updates of ``update_frequency``
-        batches (the last one takes what is left); True when training is over."""
-        self.current_epoch += 1
-        if isinstance(loader.sampler, DistributedSampler):
-            loader.sampler.set_epoch(self.current_epoch)
+        """One pass over the training data (or what a checkpoint left of it), in
+        updates of ``update_frequency`` batches (the last one takes what is
+        left); True when training is over."""
+        self.epoch_start, self.epoch_batches = self.begin_epoch(), 0
+        loader.sampler.set_epoch(self.current_epoch, self.epoch_start)
         batches = iter(loader)
         remaining = len(loader)
         while remaining:
             count = min(update_frequency, remaining)
             losses, outputs = self.run_update(itertools.islice(batches, count), count)
             remaining -= count
+            self.epoch_batches += count
             if self.after_update(losses, outputs):
                 return True
         return False
+
+    def begin_epoch(self) -> int:
+        """Start the next epoch, or go on with the one the checkpoint resumed
+        from stopped in; returns how many of its positions were taken already."""
+        position, self.resume_position = self.resume_position, None
+        if position is not None and int(position["epoch"]) == self.current_epoch \
+                and 0 < int(position["samples_done"]) < len(self.datasets["train"]):
+            logger.info("epoch %d goes on after %d of its %d samples", self.current_epoch,
+                        int(position["samples_done"]), len(self.datasets["train"]))
+            return int(position["samples_done"])
+        self.current_epoch += 1
+        return 0
+
+    def train_position(self) -> dict[str, int]:
+        """Where the run is in its epoch, for the checkpoint: the positions of
+        the epoch's order taken by all processes, and the seed of that order."""
+        taken = self.epoch_start + self.epoch_batches * self.batch_size * distributed.get_world_size()
+        return {"epoch": self.current_epoch, "samples_done": min(taken, len(self.datasets["train"])),
+                "seed": self.data_seed}
+
+    def rank_state(self) -> dict[str, Any]:
+        """This process's part of the checkpoint: its random streams and the losses not logged yet."""
+        return {"rng": rng_states(self.device), "loss_window": self.window.state() if self.window else None}
+
+    def resume_at(self, position: dict[str, int], rank_state: dict[str, Any] | None) -> None:
+        """Continue where a checkpoint stopped (called while it loads)."""
+        self.resume_position, self.saved_rank_state = position, rank_state
+        self.checkpoint_seed = int(position.get("seed", self.seed))
+        if self.data_seed != self.seed:
+            logger.info("the data order and augmentations go on with the checkpoint's seed %d (training.seed is "
+                        "%d in this run)", self.data_seed, self.seed)
+
+    def restore_rank_state(self) -> None:
+        state, self.saved_rank_state = self.saved_rank_state, None
+        if state is None:
+            return
+        set_rng_states(state["rng"], self.device)
+        if state.get("loss_window"):
+            self.window.load(state["loss_window"], self.device)
 
     def run_update(self, batches: Iterable[SampleList], count: int) -> tuple[dict[str, Tensor], list[tuple]]:
         """Accumulate the gradients of ``count`` batches, then step once. Returns
@@ -283,7 +369,32 @@ class MMFTrainer:
             self.model.train()
         if self.num_updates % int(self.training_config.checkpoint_interval) == 0 or at_end or stop:
             self.checkpoint.save()
+        self.stop_if_asked()
         return stop or at_end
+
+    def stop_if_asked(self) -> None:
+        """Between two updates: when any process got a stop signal, save this
+        update's checkpoint (unless saved already) and stop every process; when a
+        checkpoint could not be written, stop rather than train on without a
+        way back. Raises ``TrainingStopped``."""
+        signum, write_failed = self.preemption.agreed(self.checkpoint.write_failed is not None)
+        if not (signum or write_failed):
+            return
+        if not write_failed and self.checkpoint.saved_update != self.num_updates:
+            self.checkpoint.save(periodic=False)
+            _, write_failed = self.preemption.agreed(self.checkpoint.write_failed is not None)
+        if write_failed:
+            reason = f"training stopped after update {self.num_updates}: {self.checkpoint.write_failed}"
+            status = EXIT_CHECKPOINT_WRITE_FAILED
+        else:
+            newest = self.checkpoint.newest[0] if self.checkpoint.newest else self.save_dir / "current.ckpt"
+            reason = (f"stopped by {signal_name(signum)} after update {self.num_updates}/{self.max_updates}, "
+                      f"saved in {newest}; continue with checkpoint.resume=True")
+            status = exit_status(signum)
+        if self.is_main:
+            (logger.error if write_failed else logger.warning)("%s", reason)
+        distributed.barrier()  # the checkpoint is written before any process exits
+        raise TrainingStopped(reason, status)
 
     def autocast(self):
         if self.autocast_dtype is None:
@@ -414,11 +525,14 @@ class MMFTrainer:
             if "train" in self.run_types:
                 self.train()
                 self.checkpoint.restore_best()
+            if self.metrics_logger is not None:
+                restored_best = "train" in self.run_types and self.checkpoint.best_state is not None
+                self.metrics_logger.final(self.early_stopping.best_update if restored_best else self.num_updates)
             for split in ("val", "test"):
                 if split in self.run_types:
                     reports[split] = self.evaluate(split, write_predictions=bool(self.config.evaluation.predict))
             if self.metrics_logger is not None:
-                self.metrics_logger.plot(f"val/{self.dataset_name}/{key}" for key in self.metrics)
+                self.metrics_logger.plot(list(self.metrics))
         except BaseException:
             self.teardown(completed=False)
             raise
@@ -434,6 +548,11 @@ class MMFTrainer:
         distributed.shutdown(wait=completed)
 
 
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """A training DataLoader worker outlives a stop signal, so that the update in flight gets its batches."""
+    ignore_stop_signals()
+
+
 class _LossWindow:
     """The training losses since the last log line, for their averages."""
 
@@ -441,6 +560,13 @@ class _LossWindow:
         self.started = time.time()
         self.updates = 0
         self.totals: dict[str, Tensor] = {}
+
+    def state(self) -> dict[str, Any]:
+        return {"updates": self.updates, "totals": {key: value.detach().cpu() for key, value in self.totals.items()}}
+
+    def load(self, state: dict[str, Any], device: torch.device) -> None:
+        self.updates = int(state["updates"])
+        self.totals = {key: value.to(device) for key, value in state["totals"].items()}
 
     def add(self, losses: dict[str, Tensor]) -> None:
         self.updates += 1

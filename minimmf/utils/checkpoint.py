@@ -2,12 +2,21 @@
 dict; MMF or minimmf training checkpoints, a dict with ``model``; DDP's
 ``module.`` prefixes; always ``torch.load(weights_only=True)``), and the
 trainer's saving and resuming in MMF's checkpoint layout, so that MMF resumes
-minimmf's checkpoints and minimmf resumes MMF's."""
+minimmf's checkpoints and minimmf resumes MMF's.
+
+Every file is written whole or not at all (``atomic_save``): a run killed
+mid-write leaves the previous file and a temporary, which the next run
+removes. Resuming trusts no file: it continues from the newest checkpoint
+that reads back whole. A write that fails (disk full, I/O error, file size
+limit) keeps the previous checkpoint and is reported by ``write_failed``, for
+the trainer to stop on."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +26,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from minimmf.utils import distributed
 from minimmf.utils.configuration import ConfigError
+from minimmf.utils.file_io import atomic_save
 from minimmf.utils.general import get_minimmf_root
 
 logger = logging.getLogger(__name__)
@@ -34,6 +45,10 @@ def final_weights_name(model: str) -> str:
 
 class CheckpointMismatchError(RuntimeError):
     """The checkpoint's keys or shapes do not fit the model built from the config."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (the previous one is intact)."""
 
 
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
@@ -190,14 +205,14 @@ def git_details(directory: str | os.PathLike) -> dict[str, str]:
 
 def checkpoint_to_load(config: Any) -> tuple[Path, bool] | None:
     """The file a run starts from, and whether only ``pretrained_state_mapping``
-    is taken from it, with MMF's precedence: ``checkpoint.resume`` (current.ckpt,
-    or best.ckpt with ``resume_best``; the other one when it is missing) when
-    that file exists, then ``resume_file``. None: start from scratch."""
+    is taken from it, with MMF's precedence: ``checkpoint.resume`` (the first of
+    ``resume_candidates``) when save_dir holds a checkpoint, then
+    ``resume_file``. None: start from scratch."""
     checkpoint_config = config.checkpoint
     if checkpoint_config.resume:
-        found = _resume_path(Path(config.env.save_dir), bool(checkpoint_config.resume_best))
-        if found is not None:
-            return found, False
+        candidates = resume_candidates(Path(config.env.save_dir), bool(checkpoint_config.resume_best))
+        if candidates:
+            return candidates[0], False
     if checkpoint_config.resume_file:
         path = Path(checkpoint_config.resume_file)
         if not path.is_file():
@@ -210,9 +225,137 @@ def checkpoint_to_load(config: Any) -> tuple[Path, bool] | None:
     return None
 
 
-def _resume_path(save_dir: Path, resume_best: bool) -> Path | None:
-    names = ("best.ckpt", "current.ckpt") if resume_best else ("current.ckpt", "best.ckpt")
-    return next((save_dir / name for name in names if (save_dir / name).is_file()), None)
+def periodic_checkpoints(save_dir: Path) -> list[Path]:
+    """``models/model_<update>.ckpt``, newest first."""
+    found = [(int(path.stem.split("_", 1)[1]), path) for path in (save_dir / "models").glob("model_*.ckpt")
+             if path.stem.split("_", 1)[1].isdigit()]
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def resume_candidates(save_dir: Path, resume_best: bool) -> list[Path]:
+    """The checkpoints ``checkpoint.resume`` continues from, in the order tried:
+    current.ckpt, the periodic ones newest first, then best.ckpt (as MMF, the
+    other one when the first is missing); with ``resume_best``, best.ckpt first."""
+    current, best = save_dir / "current.ckpt", save_dir / "best.ckpt"
+    order = [best, current, *periodic_checkpoints(save_dir)] if resume_best \
+        else [current, *periodic_checkpoints(save_dir), best]
+    return [path for path in order if path.is_file()]
+
+
+def _update_of(path: Path) -> int | None:
+    """The update in a periodic checkpoint's name."""
+    return int(path.stem.split("_", 1)[1]) if path.parent.name == "models" else None
+
+
+def read_newest_whole(candidates: list[Path], map_location: Any) -> tuple[Path, dict[str, Any]]:
+    """The first of ``candidates`` that reads back whole, or, when that is
+    current.ckpt, a periodic checkpoint of a later update that does (written
+    just before a write of current.ckpt failed). Files that do not read are
+    logged and skipped; when none reads, an error: a run never starts over
+    silently."""
+    failures: list[str] = []
+
+    def read(path: Path) -> dict[str, Any] | None:
+        try:
+            return load_checkpoint_file(path, map_location=map_location)
+        except CheckpointMismatchError as error:
+            logger.warning("%s does not read back whole, skipped (%s)", path, error.__cause__ or error)
+            failures.append(f"{path} ({error.__cause__ or error})")
+            return None
+
+    for position, path in enumerate(candidates):
+        checkpoint = read(path)
+        if checkpoint is None:
+            continue
+        if path.name == "current.ckpt":
+            updates = int(checkpoint.get("num_updates") or 0)
+            for later in (p for p in candidates[position + 1:] if (_update_of(p) or 0) > updates):
+                newer = read(later)
+                if newer is not None:
+                    logger.info("%s holds update %d and %s a later one: resuming from the later", path, updates,
+                                later)
+                    return later, newer
+        if failures:
+            logger.warning("resuming from %s, the newest checkpoint that reads back whole", path)
+        return path, checkpoint
+    raise CheckpointMismatchError(
+        "checkpoint.resume=True but no checkpoint in the save_dir reads back whole: " + "; ".join(failures)
+        + ". Start from one of them with checkpoint.resume_file=<path>, or move them away to start afresh.")
+
+
+def check_save_dir(config: Any, trains: bool) -> None:
+    """A training run that does not resume refuses a save_dir holding the
+    checkpoints of an earlier run: it would mix its own with them (and a
+    later resume would pick the newest of either). Resuming (``checkpoint.resume``),
+    another ``env.save_dir`` or moving the files away are the ways on."""
+    if not trains or config.checkpoint.resume:
+        return
+    save_dir = Path(config.env.save_dir)
+    found = [path for path in (save_dir / "current.ckpt", save_dir / "best.ckpt",
+                               save_dir / final_weights_name(config.model)) if path.is_file()]
+    periodic = periodic_checkpoints(save_dir)
+    if not found and not periodic:
+        return
+    names = [path.name for path in found] + ([f"models/ ({len(periodic)} checkpoints)"] if periodic else [])
+    differences = config_differences(save_dir / "config.yaml", config)
+    said = f"; its config.yaml differs in {', '.join(differences)}" if differences else ""
+    raise ConfigError(f"env.save_dir={save_dir} already holds the checkpoints of an earlier run ({', '.join(names)})"
+                      f"{said}. To continue that run, add checkpoint.resume=True; to start afresh, choose another "
+                      f"env.save_dir or move {save_dir} away.")
+
+
+# what the saved config records about the machine, and the paths: not a difference between runs
+_RECORDED_KEYS = ("training.seed", "training.device", "distributed.world_size", "distributed.backend", "env.")
+
+
+def config_differences(saved_path: Path, config: Any, shown: int = 5) -> list[str]:
+    """The leaves of ``config`` that differ from the config saved at ``saved_path``, as ``key (saved -> now)``."""
+    if not saved_path.is_file():
+        return []
+    saved = _leaves(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=False))
+    now = _leaves(OmegaConf.to_container(config, resolve=False))
+    keys = sorted(key for key in set(saved) | set(now)
+                  if saved.get(key) != now.get(key) and not key.startswith(_RECORDED_KEYS))
+    changes = [f"{key} ({saved.get(key, '<absent>')} -> {now.get(key, '<absent>')})" for key in keys[:shown]]
+    return changes + ([f"... ({len(keys) - shown} more)"] if len(keys) > shown else [])
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {key: value for name, child in node.items() for key, value in _leaves(child, f"{prefix}{name}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def state_bytes(obj: Any) -> int:
+    """The bytes of the tensors in ``obj`` (nested dicts and lists), each storage once."""
+    storages: dict[tuple[str, int], int] = {}
+
+    def visit(node: Any) -> None:
+        if isinstance(node, torch.Tensor):
+            storage = node.untyped_storage()
+            storages[(str(node.device), storage.data_ptr())] = storage.nbytes()
+        elif isinstance(node, Mapping):
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                visit(value)
+
+    visit(obj)
+    return sum(storages.values())
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The OSError behind a failed write (torch.save wraps it in a RuntimeError)."""
+    while error is not None:
+        if isinstance(error, OSError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e9:,.1f} GB" if count >= 10**10 else f"{count / 1e6:,.0f} MB"
 
 
 class Checkpoint:
@@ -221,11 +364,15 @@ class Checkpoint:
     - ``current.ckpt``: the training state, MMF's fields (model, optimizer,
       lr_scheduler, fp16_scaler, num_updates, current_iteration,
       current_epoch, best_update, best_iteration, best_metric_value, config
-      and, with ``save_git_details``, git/*);
+      and, with ``save_git_details``, git/*) and, for an exact resume, every
+      process's ``rank_states`` and the ``train_position`` in the epoch;
     - ``best.ckpt``: the same at the best evaluation so far;
     - ``models/model_<update>.ckpt``: one per ``checkpoint_interval`` (the
       last ``max_to_keep``);
     - ``<model>_final.pth``: the best model's plain state dict (MMF's final file).
+
+    Every process calls ``save`` and ``save_best`` (they gather every
+    process's state); the main one writes.
     """
 
     def __init__(self, trainer: Any):
@@ -236,6 +383,9 @@ class Checkpoint:
         self.best_state: dict[str, torch.Tensor] | None = None
         save_git = self.config.checkpoint.save_git_details and trainer.is_main
         self.git_fields = git_details(get_minimmf_root()) if save_git else {}
+        self.saved_update: int | None = None
+        self.newest: tuple[Path, int] | None = None  # the newest checkpoint on disk and its update
+        self.write_failed: CheckpointWriteError | None = None
 
     @property
     def final_path(self) -> str:
@@ -245,6 +395,7 @@ class Checkpoint:
         return self.trainer.unwrapped_model.state_dict()
 
     def state(self) -> dict[str, Any]:
+        """The training state (every process takes part: ``rank_states`` are gathered)."""
         trainer = self.trainer
         early_stopping = trainer.early_stopping
         state = {
@@ -259,33 +410,67 @@ class Checkpoint:
             "fp16_scaler": trainer.scaler.state_dict(),
             "config": _plain_config(self.config),
             **self.git_fields,
+            "rank_states": distributed.all_gather_objects(trainer.rank_state()),
+            "train_position": trainer.train_position(),
         }
         # MMF loads lr_scheduler whenever the key is there, so it is left out rather than None
         if trainer.scheduler is not None:
             state["lr_scheduler"] = trainer.scheduler.state_dict()
         return state
 
-    def save(self) -> None:
-        if not self.trainer.is_main:
-            return
+    def save(self, periodic: bool = True) -> None:
+        """models/model_<update>.ckpt (unless not ``periodic``: a stop between
+        two intervals, when time is short, writes current.ckpt alone), then
+        current.ckpt. After a failed write, ``write_failed`` says why and the
+        files written before are intact."""
         state = self.state()
-        self.models_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(state, self.models_dir / f"model_{self.trainer.num_updates}.ckpt")
-        torch.save(state, self.save_dir / "current.ckpt")
-        self._prune()
+        update = self.trainer.num_updates
+        if self.trainer.is_main:
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+            if periodic and not self._write(state, self.models_dir / f"model_{update}.ckpt"):
+                return
+            if not self._write(state, self.save_dir / "current.ckpt"):
+                return
+            self._prune()
+        self.saved_update = update
+
+    def _write(self, obj: Any, path: Path) -> bool:
+        """Write ``obj`` to ``path`` whole; False, with ``write_failed`` set, when
+        the file system refuses it."""
+        try:
+            atomic_save(obj, path)
+        except (OSError, RuntimeError) as error:
+            cause = _os_error(error)
+            if cause is None:
+                raise
+            self.write_failed = CheckpointWriteError(self._write_failure(path, cause, state_bytes(obj)))
+            return False
+        if "model" in obj:
+            self.newest = (path, self.trainer.num_updates)
+        return True
+
+    def _write_failure(self, path: Path, error: OSError, needed: int) -> str:
+        free = shutil.disk_usage(path.parent).free
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        kept = (f"the newest checkpoint on disk, {self.newest[0]} (update {self.newest[1]}), is intact"
+                if self.newest else "no checkpoint of this run was written before")
+        hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some of your quota",
+                errno.EFBIG: "raise the file size limit (ulimit -f)"}.get(error.errno, "fix the file system")
+        return (f"cannot write {path}: {reason} (it needs about {_size(needed)}; {_size(free)} free on "
+                f"{path.parent}); {kept}; {hint}, then continue with checkpoint.resume=True")
 
     def _prune(self) -> None:
         keep = int(self.config.checkpoint.max_to_keep)
         if keep <= 0:
             return
-        saved = sorted(self.models_dir.glob("model_*.ckpt"), key=lambda p: int(p.stem.split("_")[1]))
-        for old in saved[:-keep]:
+        for old in periodic_checkpoints(self.save_dir)[keep:]:
             old.unlink()
 
     def save_best(self) -> None:
         self.best_state = {key: value.detach().cpu().clone() for key, value in self._model_state().items()}
+        state = self.state()
         if self.trainer.is_main:
-            torch.save(self.state(), self.save_dir / "best.ckpt")
+            self._write(state, self.save_dir / "best.ckpt")
 
     def restore_best(self) -> None:
         """Load the best weights back into the model (used for the final evaluation)."""
@@ -293,19 +478,29 @@ class Checkpoint:
             self.trainer.unwrapped_model.load_state_dict(self.best_state)
 
     def finalize(self) -> None:
+        """``<model>_final.pth``; raises ``CheckpointWriteError`` when it cannot be written."""
         if self.trainer.is_main:
-            torch.save(self.best_state if self.best_state is not None else self._model_state(), self.final_path)
+            weights = self.best_state if self.best_state is not None else self._model_state()
+            if not self._write(weights, Path(self.final_path)):
+                raise self.write_failed
 
     def load_state_dict(self) -> None:
-        """Start from the checkpoint ``checkpoint_to_load`` picks, if any."""
-        found = checkpoint_to_load(self.config)
-        if found is None:
-            if self.config.checkpoint.resume:
-                logger.info("checkpoint.resume=True but %s holds no current.ckpt nor best.ckpt: starting from "
-                            "scratch", self.save_dir)
-            return
-        path, pretrained = found
-        checkpoint = load_checkpoint_file(path, map_location=self.trainer.device)
+        """Start from the checkpoint ``checkpoint_to_load`` picks, if any: with
+        ``checkpoint.resume``, the newest of save_dir's that reads back whole."""
+        resume_config = self.config.checkpoint
+        candidates = resume_candidates(self.save_dir, bool(resume_config.resume_best)) if resume_config.resume else []
+        if candidates:
+            path, checkpoint = read_newest_whole(candidates, self.trainer.device)
+            pretrained = False
+        else:
+            found = checkpoint_to_load(self.config)
+            if found is None:
+                if resume_config.resume:
+                    logger.info("checkpoint.resume=True but %s holds no checkpoint: starting from scratch",
+                                self.save_dir)
+                return
+            path, pretrained = found
+            checkpoint = load_checkpoint_file(path, map_location=self.trainer.device)
         mapping = self.config.checkpoint.pretrained_state_mapping if pretrained else {}
         model = self.trainer.unwrapped_model
         if mapping:
@@ -316,6 +511,8 @@ class Checkpoint:
             self._restore_training_state(checkpoint, path)
         if path.name == "best.ckpt" and not self.config.checkpoint.resume_best and self.config.checkpoint.resume:
             logger.warning("no current.ckpt in %s: resumed from best.ckpt instead", self.save_dir)
+        if candidates:
+            self.newest = (path, self.trainer.num_updates)
         logger.info("resumed from %s at update %d (iteration %d, epoch %d)", path, self.trainer.num_updates,
                     self.trainer.current_iteration, self.trainer.current_epoch)
 
@@ -329,6 +526,7 @@ class Checkpoint:
             self._load_counts(checkpoint)
             self._load_scheduler(checkpoint)
             self._load_best_weights()
+            self._load_resume_point(checkpoint, path)
         if not (reset.all or reset.fp16_scaler) and checkpoint.get("fp16_scaler"):
             # an empty state comes from a run without fp16, and would not load into an enabled scaler
             self.trainer.scaler.load_state_dict(checkpoint["fp16_scaler"])
@@ -365,8 +563,29 @@ class Checkpoint:
         """The weights of the best evaluation so far, which the run ends with
         unless it finds better (MMF reads them from best.ckpt too)."""
         best_path = self.save_dir / "best.ckpt"
-        if best_path.is_file():
+        if not best_path.is_file():
+            return
+        try:
             self.best_state = extract_state_dict(load_checkpoint_file(best_path))
+        except CheckpointMismatchError as error:
+            logger.warning("%s does not read back whole (%s): the run ends with the weights of its best evaluation "
+                           "from now on", best_path, error.__cause__ or error)
+
+    def _load_resume_point(self, checkpoint: Mapping[str, Any], path: Path) -> None:
+        """Where in its epoch the run was and this process's random states
+        (minimmf's extra keys), for an exact continuation. Without them (MMF's
+        checkpoints) the next epoch starts, as in MMF."""
+        position = checkpoint.get("train_position")
+        if position is None:
+            return
+        rank_states = checkpoint.get("rank_states") or []
+        world_size = distributed.get_world_size()
+        if len(rank_states) != world_size:
+            logger.warning("%s was written by %d process(es) and this run has %d: the epoch goes on where it "
+                           "stopped, but the random streams (dropout) start afresh, so the run does not continue "
+                           "exactly", path, len(rank_states), world_size)
+        own = rank_states[distributed.get_rank()] if len(rank_states) == world_size else None
+        self.trainer.resume_at(position, own)
 
     def _load_scheduler(self, checkpoint: Mapping[str, Any]) -> None:
         scheduler = self.trainer.scheduler

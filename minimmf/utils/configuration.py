@@ -58,7 +58,8 @@ def find_config_file(path: str | os.PathLike, user_dir: str | None = None) -> Pa
     its own), so the documented commands work from any directory."""
     given = Path(path)
     roots = [Path.cwd(), *([Path(user_dir)] if user_dir else []), get_minimmf_root()]
-    candidates = [given] if given.is_absolute() else [root / given for root in roots]
+    # each folder once (minimmf/projects links to the checkout's projects/)
+    candidates = [given] if given.is_absolute() else list(dict.fromkeys((root / given).resolve() for root in roots))
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
@@ -140,10 +141,17 @@ def _device_count() -> int:
     return max(1, torch.cuda.device_count())
 
 
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def register_resolvers() -> None:
-    """MMF's ``${device_count:}``: the visible GPUs, at least 1."""
+    """MMF's ``${device_count:}`` (the visible GPUs, at least 1), and
+    ``${default_device:}`` (cuda where a GPU is visible, else cpu)."""
     if not OmegaConf.has_resolver("device_count"):
         OmegaConf.register_resolver("device_count", _device_count)
+    if not OmegaConf.has_resolver("default_device"):
+        OmegaConf.register_resolver("default_device", _default_device)
 
 
 def _dataset_names(datasets: Any) -> list[str]:

@@ -6,12 +6,16 @@ already runs under torchrun (which gives the process count) or
 ``distributed.no_spawn`` is set. With ``distributed.init_method`` this
 process joins a process group started elsewhere, as ``distributed.rank``.
 GPU processes use ``distributed.backend`` (nccl); CPU processes use gloo.
+
+The process that starts the others passes the stop signals it gets on to
+them (as torchrun does), and ends with their exit status.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +23,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing
+
+from minimmf.utils.signals import StopSignals, exit_at_once
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +43,11 @@ def get_world_size() -> int:
 
 def is_main() -> bool:
     return get_rank() == 0
+
+
+def torchrun_restarts() -> int:
+    """How many times torchrun (``--max-restarts``) has restarted this run's processes."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
 
 
 def launched_by_torchrun() -> bool:
@@ -68,11 +79,27 @@ def find_free_port() -> int:
 
 def spawn(fn: Callable[[Any], None], config: Any) -> None:
     """Run ``fn(config)`` in ``distributed.world_size`` new local processes,
-    each seeing the environment torchrun would give it."""
+    each seeing the environment torchrun would give it. A stop signal is
+    passed on to them; a second one kills them and exits at once. Raises
+    ``ProcessExitedException`` when one of them fails."""
     world_size = int(config.distributed.world_size)
     port = int(config.distributed.port) if int(config.distributed.port) > 0 else find_free_port()
     logger.info("starting %d processes (port %d)", world_size, port)
-    torch.multiprocessing.spawn(_start_process, args=(fn, config, world_size, port), nprocs=world_size)
+    context = torch.multiprocessing.start_processes(_start_process, args=(fn, config, world_size, port),
+                                                    nprocs=world_size, join=False, start_method="spawn")
+
+    def signal_all(signum: int) -> None:
+        for process in context.processes:
+            if process.is_alive():
+                os.kill(process.pid, signum)
+
+    def kill_all(signum: int) -> None:
+        signal_all(signal.SIGKILL)
+        exit_at_once(signum)
+
+    with StopSignals("passing it on to the run's processes", on_first=signal_all, on_second=kill_all):
+        while not context.join():
+            pass
 
 
 def _start_process(local_rank: int, fn: Callable[[Any], None], config: Any, world_size: int, port: int) -> None:
@@ -107,11 +134,25 @@ def init_process_group(config: Any, device: torch.device) -> str | None:
         return None
     backend = str(distributed.backend) if device.type == "cuda" else "gloo"
     if launched_by_torchrun():
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, **_store_of_this_attempt())
     else:
         dist.init_process_group(backend=backend, init_method=str(distributed.init_method),
                                 rank=int(distributed.rank), world_size=int(distributed.world_size))
     return backend
+
+
+def _store_of_this_attempt() -> dict[str, Any]:
+    """After a torchrun restart, the process group's keys under a prefix of
+    their own: torchrun's static rendezvous (``--master-port``) keeps one store
+    across restarts, whose keys still hold the addresses of the previous
+    attempt's processes, and gloo would connect to processes that are gone."""
+    restarts = torchrun_restarts()
+    if not restarts or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    world_size = int(os.environ["WORLD_SIZE"])
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False)
+    return {"store": dist.PrefixStore(f"minimmf/attempt_{restarts}", store), "rank": int(os.environ["RANK"]),
+            "world_size": world_size}
 
 
 def shutdown(wait: bool = True) -> None:
@@ -121,6 +162,20 @@ def shutdown(wait: bool = True) -> None:
         if wait:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_dist_initialized():
+        dist.barrier()
+
+
+def all_reduce_max(values: list[int], device: torch.device) -> list[int]:
+    """The largest of every rank's ``values``, element by element."""
+    if not is_dist_initialized():
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
 
 
 def all_gather_objects(obj: Any) -> list[Any]:

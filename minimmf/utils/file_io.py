@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -70,6 +71,12 @@ def atomic_save(obj: Any, path: str | os.PathLike, fsync: bool = True) -> None:
         torch.save(obj, handle)
 
 
+def atomic_copy(source: str | os.PathLike, target: str | os.PathLike, fsync: bool = True) -> None:
+    """``shutil.copyfile(source, target)``, atomically (see ``atomic_write``)."""
+    with open(source, "rb") as reader, atomic_write(target, "wb", fsync=fsync) as writer:
+        shutil.copyfileobj(reader, writer)
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -80,16 +87,23 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = False,
+                              ours_too: bool = False) -> list[Path]:
     """Remove the temporary files that processes which no longer run left in
-    ``folder`` (a run killed mid-write); those of live processes are kept."""
+    ``folder`` (a run killed mid-write); those of live processes are kept.
+    ``ours_too``: this process's own count as stale as well, for a process
+    that has not started writing there yet (a restarted container gives its
+    process the pid the killed one had)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
     for candidate in folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"):
         match = _TEMPORARY.match(candidate.name)
-        if match and candidate.is_file() and not _process_alive(int(match.group("pid"))):
+        if not (match and candidate.is_file()):
+            continue
+        pid = int(match.group("pid"))
+        if (ours_too and pid == os.getpid()) or not _process_alive(pid):
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed

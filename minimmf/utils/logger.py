@@ -9,9 +9,12 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from minimmf.utils.file_io import atomic_write
 
 _FORMAT = "%(asctime)s | %(levelname)s | %(name)s : %(message)s"
 _DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
@@ -136,43 +139,128 @@ class TensorboardLogger:
         self.writer.close()
 
 
-class MetricsLogger:
-    """Training curves you can look at: ``metrics.csv`` (update, name, value)
-    appended as training goes, and ``curves.png`` drawn from it."""
+@dataclass(frozen=True)
+class Curve:
+    """One drawn series of ``metrics.csv``: ``final`` is the evaluation after
+    training (one point per name, at the update of the weights it scored)."""
 
-    def __init__(self, save_dir: str | os.PathLike):
+    name: str
+    updates: list[int]
+    values: list[float]
+    final: bool = False
+
+
+class MetricsLogger:
+    """Training curves you can look at: ``metrics.csv`` (update, name, value,
+    stage) and ``curves.png`` drawn from it.
+
+    The file holds one run: the training rows of an earlier file up to
+    ``keep_until`` are kept, the rest is dropped. So a run that trains from
+    update 0 starts anew; a resumed one keeps the rows up to the update it
+    resumes from (later ones came from updates its checkpoint does not hold);
+    an evaluation-only run (``math.inf``) keeps the training curves.
+    ``stage`` is ``training`` for the logs and evaluations during training and
+    ``final`` for the evaluation that ends a run (``final()``). Every write
+    replaces the whole file atomically, so a killed run leaves a complete one.
+    """
+
+    COLUMNS = ("update", "name", "value", "stage")
+
+    def __init__(self, save_dir: str | os.PathLike, keep_until: float = 0):
         self.csv_path = Path(save_dir) / "metrics.csv"
         self.png_path = Path(save_dir) / "curves.png"
-        if not self.csv_path.exists():
-            self.csv_path.write_text("update,name,value\n")
+        self.rows = self._rows_until(keep_until) if keep_until > 0 else []
+        self.final_update: int | None = None
+        self._write()
+
+    def _rows_until(self, update: float) -> list[tuple[int, str, float, str]]:
+        if not self.csv_path.is_file():
+            return []
+        frame = read_metrics(self.csv_path)
+        kept = frame[(frame["update"] <= update) & (frame["stage"] == "training")]
+        return list(kept.itertuples(index=False, name=None))
+
+    def final(self, update: int) -> None:
+        """Rows logged from now on are the run's final evaluation, of the weights of update ``update``."""
+        self.final_update = update
 
     def log(self, update: int, values: Mapping[str, float]) -> None:
-        with open(self.csv_path, "a", encoding="utf-8") as handle:
-            handle.writelines(f"{update},{name},{float(value)!r}\n" for name, value in values.items())
+        stage = "training" if self.final_update is None else "final"
+        update = update if self.final_update is None else self.final_update
+        self.rows += [(update, name, float(value), stage) for name, value in values.items()]
+        self._write()
 
-    def plot(self, score_names: Iterable[str]) -> Path:
-        """The total losses on the left, ``score_names`` (the metrics) on the right."""
-        import matplotlib
+    def _write(self) -> None:
+        with atomic_write(self.csv_path, "w", encoding="utf-8") as handle:
+            handle.write(",".join(self.COLUMNS) + "\n")
+            handle.writelines(f"{update},{name},{value!r},{stage}\n" for update, name, value, stage in self.rows)
 
-        matplotlib.use("Agg")
+    def plot(self, metric_keys: Collection[str]) -> Path:
+        """``curves.png``: the total losses on the left, the metrics (the rows
+        whose name ends in one of ``metric_keys``) on the right."""
+        figure = draw_curves(curve_panels(read_metrics(self.csv_path), metric_keys))
         import matplotlib.pyplot as plt
-        import pandas as pd
 
-        frame = pd.read_csv(self.csv_path)
-        names = list(frame["name"].unique())
-        losses = [n for n in names if n.endswith("total_loss")]
-        scores = [n for n in names if n in set(score_names)]
-        figure, (loss_axis, score_axis) = plt.subplots(1, 2, figsize=(11, 4))
-        for axis, panel, title in ((loss_axis, losses, "loss"), (score_axis, scores, "metrics")):
-            for name in panel:
-                series = frame[frame["name"] == name]
-                axis.plot(series["update"], series["value"], marker="." if len(series) < 50 else None, label=name)
-            axis.set_xlabel("update")
-            axis.set_title(title)
-            if panel:
-                axis.legend(fontsize=8)
-            axis.grid(alpha=0.3)
-        figure.tight_layout()
-        figure.savefig(self.png_path, dpi=100)
+        with atomic_write(self.png_path, "wb") as handle:
+            figure.savefig(handle, format="png", dpi=100)
         plt.close(figure)
         return self.png_path
+
+
+def read_metrics(path: str | os.PathLike) -> Any:
+    """``metrics.csv`` as a DataFrame (a file written before the ``stage`` column: all ``training``)."""
+    import pandas as pd
+
+    frame = pd.read_csv(path)
+    if "stage" not in frame:
+        frame["stage"] = "training"
+    return frame
+
+
+def curve_panels(frame: Any, metric_keys: Collection[str]) -> dict[str, list[Curve]]:
+    """What ``curves.png`` draws: a "loss" panel (every ``*total_loss``) and a
+    "metrics" panel (every name whose last part is one of ``metric_keys``),
+    each name once as a curve over the training updates and once as its
+    final point, where the run has them."""
+    keys = set(metric_keys)
+    panels: dict[str, list[Curve]] = {"loss": [], "metrics": []}
+    for name in frame["name"].unique():
+        panel = "loss" if name.endswith("total_loss") else "metrics" if name.split("/")[-1] in keys else None
+        if panel is None:
+            continue
+        rows = frame[frame["name"] == name]
+        for final in (False, True):
+            part = rows[(rows["stage"] == "final") == final]
+            if len(part):
+                panels[panel].append(Curve(name, [int(u) for u in part["update"]], [float(v) for v in part["value"]],
+                                           final))
+    return panels
+
+
+def draw_curves(panels: Mapping[str, list[Curve]]) -> Any:
+    """A matplotlib figure of ``panels``: training curves as lines, final
+    evaluations as stars labelled as such."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for axis, (title, curves) in zip(axes[0], panels.items(), strict=True):
+        colors: dict[str, Any] = {}
+        for curve in curves:
+            if curve.final:
+                axis.plot(curve.updates, curve.values, linestyle="none", marker="*", markersize=11,
+                          color=colors.get(curve.name), label=f"{curve.name}, final evaluation (update "
+                                                              f"{curve.updates[0]} weights)")
+            else:
+                line, = axis.plot(curve.updates, curve.values, marker="." if len(curve.updates) < 50 else None,
+                                  label=curve.name)
+                colors[curve.name] = line.get_color()
+        axis.set_xlabel("update")
+        axis.set_title(title)
+        if curves:
+            axis.legend(fontsize=7)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from transformers import BertTokenizer as HFBertTokenizer
 
 from minimmf.common.registry import registry
 from minimmf.datasets.processors.processors import BaseProcessor
+from minimmf.utils.file_io import atomic_copy
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class MaskedTokenProcessor(BaseProcessor):
         """Copy the vocabulary next to a saved config (for serving)."""
         target = Path(directory) / VOCAB_FILE_NAME
         if self.vocab_file.resolve() != target.resolve():
-            shutil.copyfile(self.vocab_file, target)
+            atomic_copy(self.vocab_file, target)
         return target
 
     def get_vocab_size(self) -> int:

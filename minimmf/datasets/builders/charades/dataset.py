@@ -44,6 +44,7 @@ from minimmf.datasets.video_clips import (
 )
 from minimmf.modules.predictions import check_pooling, labels_above
 from minimmf.utils.build import build_processors
+from minimmf.utils.file_io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +284,8 @@ class CharadesDataset(BaseDataset):
         Returns them by role (``labels``, ``vocabulary``) as file names."""
         folder = Path(folder)
         labels = folder / f"{self.dataset_name}_action_labels.csv"
-        write_action_labels_csv(pd.DataFrame({"action_labels": [[name] for name in self.classes]}), labels)
+        with atomic_write(labels, newline="") as handle:
+            write_action_labels_csv(pd.DataFrame({"action_labels": [[name] for name in self.classes]}), handle)
         files = {"labels": labels.name}
         if hasattr(self.text_processor, "save_vocabulary"):
             files["vocabulary"] = Path(self.text_processor.save_vocabulary(folder)).name
