@@ -40,7 +40,7 @@ from minimmf.trainers.core.preemption import EXIT_CHECKPOINT_WRITE_FAILED, Train
 from minimmf.trainers.mmf_trainer import MMFTrainer
 from minimmf.utils import distributed
 from minimmf.utils.checkpoint import CheckpointMismatchError, CheckpointWriteError, check_save_dir
-from minimmf.utils.configuration import ConfigError, build_config
+from minimmf.utils.configuration import ConfigError, build_config, parse_run_type
 from minimmf.utils.env import import_user_dir, pick_seed, setup_imports
 from minimmf.utils.logger import setup_very_basic_config
 from minimmf.utils.signals import exit_status
