@@ -50,6 +50,7 @@ bench: install save/mmf_transformer_final.pth
 	$(BIN)/python -m bench.live
 	$(BIN)/python -m bench.hostile
 	$(BIN)/python -m bench.soak
+	$(BIN)/python -m bench.preemption
 
 save/mmf_transformer_final.pth:
 	$(BIN)/python scripts/make_synthetic_charades.py --out data --skip-existing

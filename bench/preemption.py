@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import re
 import signal
@@ -39,10 +38,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+from bench.common import DIRECT_CONFIG, RESULTS, ROOT, machine, save_results
+
 TINY_CONFIG = ROOT / "projects/mmf_transformer/configs/charades/tiny.yaml"
-DIRECT_CONFIG = ROOT / "projects/mmf_transformer/configs/charades/direct.yaml"
 PROGRESS = re.compile(r"progress: (\d+)/\d+, train/")
 
 
@@ -250,10 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     random.seed(args.seed)
 
-    import torch
-
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-    print(f"preemption costs, tiny config (one process, batches of 4); machine: {machine}")
+    print(f"preemption costs, tiny config (one process, batches of 4); machine: {machine()}")
     path = RESULTS / "preemption.json"
     results = json.loads(path.read_text()) if args.only and path.is_file() else {}
     with tempfile.TemporaryDirectory(prefix="preemption_") as temporary:
@@ -263,12 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         for part in args.only or PARTS:
             results[part] = measure(part, args, folder, data_dir)
             results.setdefault("load_average", {})[part] = os.getloadavg()
-    results["machine"] = machine
+    results["machine"] = machine()
     print()
     summary(results)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1))
-    print(f"saved {path}")
+    print(f"saved {save_results('preemption', results)}")
     return 0
 
 

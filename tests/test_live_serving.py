@@ -27,17 +27,12 @@ from minimmf.serving.torchserve import TorchServe
 from tests.conftest import ROOT
 from tests.live_media import chunks_of, recorded_video
 from tests.test_live import SCRIPT, largest_difference, spans, stream
+from tests.test_serving import serving_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("java_ready")]
 MODEL = "MMF_model_live"
 # long enough to open every place before the first idles out, even on a busy machine
 IDLE_MS, MAX_SEQUENCES = 10_000, 3
-
-
-def serving_cli(serve: TorchServe, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "minimmf.serving.torchserve", *args, "--model-store",
-                           str(serve.model_store), "--ts-config", str(serve.ts_config)],
-                          cwd=serve.workdir, env=serve.env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

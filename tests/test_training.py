@@ -121,7 +121,9 @@ def test_final_weights_reproduce_the_evaluation(trained, synthetic_data_dir, tmp
     evaluated_val = evaluated[evaluated["name"] == "val/charades/logit_bce"]["value"].iloc[-1]
     assert evaluated_val == pytest.approx(final_val, rel=1e-4)
     # MMF's file reporter: <dataset>_<experiment>_<split>_<time>.json in env.report_dir
-    [report] = (out / "my_reports").glob("charades_run_val_*.json")
+    # (beside it the devkit submissions and their settings, <stem>_submission.json)
+    [report] = [path for path in (out / "my_reports").glob("charades_run_val_*.json")
+                if not path.name.endswith("_submission.json")]
     predictions = json.loads(report.read_text())
     assert len(predictions) == 4 and all(set(p) == {"id", "labels"} for p in predictions)
 
