@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -17,6 +16,7 @@ import yaml
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
+from minimmf.serving.torchserve import read_properties
 from tests.conftest import ROOT
 
 KUBERNETES = ROOT / "kubernetes"
@@ -26,11 +26,6 @@ MODEL = "MMF_model"
 WRAPPER_PORT = 8080
 WRAPPER_PATHS = {"/", "/v2/health/live", "/v2/health/ready", f"/v2/models/{MODEL}/ready", f"/v1/models/{MODEL}"}
 PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
-
-
-def read_properties(path: Path) -> dict[str, str]:
-    lines = (line.strip() for line in path.read_text().splitlines())
-    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
 
 
 @pytest.fixture(scope="module")
