@@ -59,7 +59,8 @@ def test_the_plot_draws_each_metric_and_marks_the_final_evaluation(trained):
         lines = {line.get_label(): line for line in axis.get_lines()}
         for name, curve in training[panel].items():
             assert list(lines[name].get_xdata()) == curve.updates
-            assert list(lines[name].get_ydata()) == pytest.approx(curve.values)
+            # nan_ok: the AP metrics are NaN while a class has no positive in the 4 validation videos
+            assert list(lines[name].get_ydata()) == pytest.approx(curve.values, nan_ok=True)
         marked = [label for label in lines if "final evaluation" in label]
         assert len(marked) == len(final[panel])
         assert all(lines[label].get_linestyle() == "None" for label in marked)  # a marker, not a curve's point

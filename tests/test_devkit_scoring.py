@@ -240,5 +240,9 @@ def test_two_processes_score_as_one(trained, scored_data, tmp_path):
     two = evaluate(trained, scored_data, tmp_path / "two", "distributed.world_size=2", "training.device=cpu",
                    "training.batch_size=2")
     assert one.keys() == two.keys()
-    for key in one:
+    losses = {key for key in one if key.endswith(("logit_bce", "total_loss"))}
+    assert losses
+    for key in one.keys() - losses:  # the scores: gathered in file order, so bit-equal
         assert same(one[key], two[key]), key
+    for key in losses:  # float32 sums of per-process sums: equal to rounding
+        assert one[key] == pytest.approx(two[key], rel=1e-6), key

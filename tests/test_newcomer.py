@@ -35,14 +35,20 @@ def test_cuda_asked_for_without_a_gpu_still_warns(caplog):
     assert "training.device=cuda but no GPU is visible" in caplog.text
 
 
-def test_a_mistyped_config_path_lists_each_folder_once(monkeypatch):
-    monkeypatch.chdir(ROOT)  # the current directory is also the repository root
+def looked_in(config_path: str) -> list[str]:
     with pytest.raises(FileNotFoundError) as error:
-        build_config("projects/mmf_transformer/configs/charades/tinny.yaml", TINY)
-    looked = str(error.value).split("(looked in ")[1].rstrip(")").split(", ")
-    assert len(looked) == len(set(looked)) == 2
-    assert looked == [str(ROOT / "projects/mmf_transformer/configs/charades"),
-                      str(ROOT / "minimmf/projects/mmf_transformer/configs/charades")]
+        build_config(config_path, TINY)
+    return str(error.value).split("(looked in ")[1].rstrip(")").split(", ")
+
+
+def test_a_mistyped_config_path_lists_each_folder_once(monkeypatch, tmp_path):
+    mistyped = "projects/mmf_transformer/configs/charades/tinny.yaml"
+    monkeypatch.chdir(tmp_path)  # elsewhere: the current directory, then the package's projects/
+    assert looked_in(mistyped) == [str(tmp_path.resolve() / "projects/mmf_transformer/configs/charades"),
+                                   str(ROOT / "projects/mmf_transformer/configs/charades")]
+    # from the checkout's root the package's projects/ (a link to the checkout's) is the same folder
+    monkeypatch.chdir(ROOT)
+    assert looked_in(mistyped) == [str(ROOT / "projects/mmf_transformer/configs/charades")]
 
 
 def run_generator(*args: str) -> subprocess.CompletedProcess:
