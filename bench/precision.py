@@ -49,14 +49,14 @@ from minimmf.utils.checkpoint import load_checkpoint_file
 from minimmf.utils.configuration import build_config
 
 
-def validation_batches(config, data_dir: Path, videos: int | None,
+def validation_batches(config, data_dir: Path, labels: Path, videos: int | None,
                        batch_size: int = 4) -> tuple[list[SampleList], torch.Tensor]:
     """The first ``videos`` held-out videos (None: all), preprocessed once, in
     batches, and their multi-hot targets."""
     df = CharadesLayout.default(data_dir).read_split("test").head(videos)
     maker = CharadesBuilder.inference_sample_maker(config.dataset_config.charades, UNBOUNDED)
     samples = [maker(row.path, row.script) for row in df.itertuples()]
-    classes = CharadesBuilder.read_class_list(CharadesLayout.default(data_dir).classes_file)
+    classes = CharadesBuilder.read_class_list(labels)
     targets = torch.zeros(len(df), len(classes))
     for row, labels in enumerate(df.action_labels):
         targets[row, [classes.index(label) for label in labels]] = 1
@@ -77,12 +77,14 @@ def print_row(row: dict) -> None:
           f"{str(row['changed_labels_near_threshold']):>8}{row['map']:>8.4f}", flush=True)
 
 
-def compare(name: str, config, weights: Path, data_dir: Path, videos: int | None, modes: list[str]) -> list[dict]:
+def compare(name: str, save_dir: Path, weights: Path, data_dir: Path, videos: int | None,
+            modes: list[str]) -> list[dict]:
     """Each of ``modes`` against fp32 (eager, as shipped), on the same batches."""
+    config = build_config(run_file(save_dir, "config"))
     base = build_model(config)
     base.load_state_dict(load_checkpoint_file(weights))
     base.eval()
-    batches, targets = validation_batches(config, data_dir, videos)
+    batches, targets = validation_batches(config, data_dir, run_file(save_dir, "labels"), videos)
     count = len(targets)
     threshold = float(config.dataset_config.charades.get("prediction_threshold", 0.5))  # the handler's default
     example = batches[0]
@@ -130,13 +132,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{'near':>8}{'mAP':>8}")
     rows = []
     if "demo" in args.models:
-        rows += compare("demo", build_config(run_file(args.save_dir, "config")),
-                        run_file(args.save_dir, "weights"), args.data_dir, args.videos, args.modes)
+        rows += compare("demo", args.save_dir, run_file(args.save_dir, "weights"), args.data_dir, args.videos,
+                        args.modes)
     if "full" in args.models:
         with tempfile.TemporaryDirectory() as tmp:
             save_dir, weights = full_size_model(Path(tmp))
-            rows += compare("full", build_config(save_dir / "config.yaml"), args.full_weights or weights,
-                            args.data_dir, args.videos, args.modes)
+            rows += compare("full", save_dir, args.full_weights or weights, args.data_dir, args.videos, args.modes)
     path = save_results("precision", {"machine": line, "rows": rows})
     if "full" in args.models and args.full_weights is None:
         print("(the full-size model has random weights: its agreement measures numerical drift, not accuracy)")

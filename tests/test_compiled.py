@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from devtools.worker import handle, load_handler
+from minimmf.common.sample import SampleList
 from minimmf.serving.compiled import SettingsConflict, warmup_batch_sizes
+from minimmf.serving.predictor import model_inputs
 from minimmf.serving.settings import CompileSettings, SettingsError
 from minimmf.utils.hardware import Hardware, detect
 from tests.test_handler import form, model_dir, test_videos  # noqa: F401 (fixtures)
@@ -73,6 +75,8 @@ def test_served_batch_sizes_do_not_compile_again(mode):
     try:
         for size in [*range(1, handler.settings.max_model_batch + 1), handler.settings.max_model_batch + 3]:
             assert predictor.predict([blank] * size).shape == (size, len(predictor.classes))
+        # tensors made outside inference_mode (a caller other than predict) run on the same graphs
+        assert predictor.runner(model_inputs(SampleList([blank] * 2))).shape == (2, len(predictor.classes))
     finally:
         predictor.runner.stance = "eager_on_recompile"
 

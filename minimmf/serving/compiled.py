@@ -145,12 +145,16 @@ class ModelRunner:
                                non_blocking=True) for name, value in inputs.items()}
 
     def __call__(self, inputs: dict[str, Tensor]) -> Tensor:
-        """Scores (batch, classes) as float32, on the model's device."""
-        inputs = self.cast(inputs)
-        if not self.compile_settings.enable:
-            return self.forward(inputs).float()
-        with torch.compiler.set_stance(self.stance):
-            return self.forward(inputs).float()
+        """Scores (batch, classes) as float32, on the model's device, computed
+        under inference_mode (the warm-up's mode: the compiled graphs are
+        guarded on it and on their inputs being inference tensors)."""
+        with torch.inference_mode():
+            inputs = self.cast(inputs)
+            if not self.compile_settings.enable:
+                return self.forward(inputs).float()
+            inputs = {name: value if value.is_inference() else value.clone() for name, value in inputs.items()}
+            with torch.compiler.set_stance(self.stance):
+                return self.forward(inputs).float()
 
     def run_warm_up(self, example: Callable[[int], dict[str, Tensor]], sizes: list[int]) -> dict[str, Any]:
         """Compile on each of ``sizes`` (Inductor with freezing); how long it
