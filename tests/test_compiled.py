@@ -14,7 +14,7 @@ import torch
 
 from devtools.worker import handle, load_handler
 from minimmf.common.sample import SampleList
-from minimmf.serving.compiled import SettingsConflict, warmup_batch_sizes
+from minimmf.serving.compiled import SettingsConflict, use_compile_cache, warmup_batch_sizes
 from minimmf.serving.predictor import model_inputs
 from minimmf.serving.settings import CompileSettings, SettingsError
 from minimmf.utils.hardware import Hardware, detect
@@ -138,3 +138,11 @@ def test_hardware_advice():
     here = detect("cpu")
     assert here.device == "cpu" and here.describe()["vector_isa"] in ("AMX", "AVX512", "AVX2", "default")
     assert torch.cpu.get_capabilities()["avx2"] == ("avx2" in here.features)
+
+
+def test_compile_cache_dir_is_where_inductor_keeps_its_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # restored after the test
+    assert use_compile_cache(str(tmp_path / "inductor")) == tmp_path / "inductor"
+    assert (tmp_path / "inductor").is_dir()
+    with pytest.raises(SettingsConflict, match="must be an absolute path"):
+        use_compile_cache("relative/cache")
