@@ -44,7 +44,7 @@ from minimmf.serving.inputs import parse_request
 from minimmf.serving.kserve_v2 import HEADER_LENGTH
 from minimmf.serving.live import ChunkRequest, LiveStreams
 from minimmf.serving.predictor import Predictor
-from minimmf.serving.settings import HandlerSettings
+from minimmf.serving.settings import CompileSettings, HandlerSettings
 from minimmf.utils.env import setup_imports
 from minimmf.utils.logger import setup_very_basic_config
 
@@ -61,17 +61,19 @@ class MMFHandler(BaseHandler):
         setup_imports()
         properties = context.system_properties
         self.manifest = context.manifest
-        self.settings = HandlerSettings.from_model_yaml(getattr(context, "model_yaml_config", None))
+        model_yaml_config = getattr(context, "model_yaml_config", None)
+        self.settings = HandlerSettings.from_model_yaml(model_yaml_config)
         self.predictor = Predictor.from_model_dir(Path(properties["model_dir"]),
                                                   self.manifest["model"]["serializedFile"], self.settings,
-                                                  properties.get("gpu_id"))
+                                                  properties.get("gpu_id"),
+                                                  CompileSettings.from_model_yaml(model_yaml_config))
         # the live model (sequenceBatching): its streams, dropped after TorchServe's idle time
-        idle_seconds = (context.model_yaml_config or {}).get("sequenceMaxIdleMSec", 0) / 1000
+        idle_seconds = (model_yaml_config or {}).get("sequenceMaxIdleMSec", 0) / 1000
         self.live = LiveStreams(self.predictor, self.settings, idle_seconds) if self.settings.live else None
         self.initialized = True
-        logger.info("MMF handler ready in %.1f s on %s: %d classes, threshold %.2f, minimmf %s, torch %s",
-                    time.perf_counter() - started, self.predictor.device, len(self.predictor.classes),
-                    self.predictor.threshold, minimmf.__version__, torch.__version__)
+        logger.info("MMF handler ready in %.1f s on %s in %s: %d classes, threshold %.2f, minimmf %s, torch %s",
+                    time.perf_counter() - started, self.predictor.device, self.settings.precision,
+                    len(self.predictor.classes), self.predictor.threshold, minimmf.__version__, torch.__version__)
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
         """Every request of the batch through the hooks, each answered on its own."""

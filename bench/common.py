@@ -66,6 +66,76 @@ def save_results(name: str, report: dict[str, Any]) -> Path:
     return path
 
 
+# --------------------------------------------- precision and compilation
+
+# the serving modes the benchmarks compare: handler.precision, and pt2 compile on or off
+MODES = {
+    "fp32": ("fp32", False),
+    "fp32 compiled": ("fp32", True),
+    "bf16": ("bf16", False),
+    "bf16 compiled": ("bf16", True),
+    "int8 compiled": ("int8", True),
+}
+
+
+def mode_runner(model: Any, mode: str, example: Callable[[int], dict], max_batch: int) -> Any:
+    """``model`` (fp32, eval) run as the handler runs it in ``mode`` (a key of
+    MODES), on the CPU: ``runner(inputs)`` gives the scores; compiled ones are
+    warmed up on batch sizes 1..``max_batch`` (``runner.warm_up`` says how)."""
+    import torch
+
+    from minimmf.serving.compiled import DTYPES, ModelRunner
+    from minimmf.serving.settings import CompileSettings
+    from minimmf.utils.hardware import detect
+
+    precision, compiled = MODES[mode]
+    model = model.prepare_for_inference(channels_last=not compiled, dtype=DTYPES[precision])
+    return ModelRunner(model, torch.device("cpu"), precision, CompileSettings(enable=compiled), detect("cpu"),
+                       example, max_batch)
+
+
+def tensors(batch: Any) -> dict:
+    """The tensors of a SampleList: what a ModelRunner takes."""
+    import torch
+
+    return {name: value for name, value in batch.items() if isinstance(value, torch.Tensor)}
+
+
+def machine_peaks(repeats: int) -> dict[str, float]:
+    """The machine's dense throughput in GFLOP/s (GOP/s for int8), measured
+    now: large matmuls in fp32, bf16 and int8 (``torch._int_mm``, oneDNN's
+    VNNI/AMX kernels) and channels-last 3-D convolutions in fp32 and bf16."""
+    import torch
+
+    peaks: dict[str, float] = {}
+    for size in (2048, 4096):
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+            gflops = 2 * size**3 / median_seconds(lambda a=a, b=b: a @ b, repeats) / 1e9
+            peaks[f"matmul_{name}"] = max(peaks.get(f"matmul_{name}", 0.0), gflops)
+        a = torch.randint(-128, 127, (size, size), dtype=torch.int8)
+        b = torch.randint(-128, 127, (size, size), dtype=torch.int8)
+        gops = 2 * size**3 / median_seconds(lambda a=a, b=b: torch._int_mm(a, b), repeats) / 1e9
+        peaks["matmul_int8"] = max(peaks.get("matmul_int8", 0.0), gops)
+    for channels, kernel, shape in ((64, (1, 3, 3), (4, 64, 8, 56, 56)), (128, (3, 3, 3), (2, 128, 8, 28, 28))):
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            conv = torch.nn.Conv3d(channels, channels, kernel, padding=tuple(k // 2 for k in kernel)).eval()
+            conv = conv.to(dtype=dtype, memory_format=torch.channels_last_3d)
+            x = torch.randn(shape, dtype=dtype).contiguous(memory_format=torch.channels_last_3d)
+            flops = 2 * channels * kernel[0] * kernel[1] * kernel[2] * x.numel()
+            with torch.inference_mode():
+                gflops = flops / median_seconds(lambda conv=conv, x=x: conv(x), repeats) / 1e9
+            peaks[f"conv3d_{name}"] = max(peaks.get(f"conv3d_{name}", 0.0), gflops)
+    return peaks
+
+
+def own_peak(peaks: dict[str, float], mode: str) -> float:
+    """The peak a mode is measured against: its precision's best (int8 mode:
+    its int8 matmul peak, although its convolutions stay in fp32)."""
+    precision = MODES[mode][0]
+    return max(value for name, value in peaks.items() if name.endswith(precision))
+
+
 # ----------------------------------------------------------- time, memory
 
 

@@ -1,26 +1,39 @@
-"""Model forward on this machine: the tiny and the full-size Charades
-MMFTransformer at batch 1, 4 and 8 (eval mode, torch.inference_mode, fp32),
-as built, and with the serving fast path (channels-last convolution weights,
-the handler's default), whose largest score difference from the plain model
-is reported.
+"""Model forward on this machine, per serving mode: the tiny and the
+full-size Charades MMFTransformer at batch 1, 4 and 8 (eval mode,
+torch.inference_mode), as built in fp32 and in each of the handler's modes
+(fp32, bf16, int8; eager or compiled by pt2 compile, warmed up first), with
+each mode's largest score difference from plain fp32.
 
-Prints the median time per sample and the fraction of the machine's measured
-dense throughput the forward reaches: the model's FLOPs (counted by
-torch.utils.flop_counter) over its time, against the best of a large fp32
-matmul and a 3-D convolution timed here. Writes bench/results/model_forward.json.
+Prints the median time per sample and the fraction of the machine's dense
+throughput the forward reaches: the model's FLOPs (counted by
+torch.utils.flop_counter) over its time, against the peak of the mode's own
+precision (the best of a large matmul and a 3-D convolution in fp32, bf16 or
+int8, timed in the same run). Writes bench/results/model_forward.json.
 
-    python -m bench.model_forward [--models tiny full] [--batch-sizes 1 4 8] [--repeats 3]
+    python -m bench.model_forward [--models tiny full] [--batch-sizes 1 4 8] [--repeats 3] [--modes ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
+import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import ROOT, machine, median_seconds, save_results
+from bench.common import (
+    MODES,
+    ROOT,
+    machine,
+    machine_peaks,
+    median_seconds,
+    mode_runner,
+    own_peak,
+    save_results,
+    tensors,
+)
 from devtools.samples import random_sample_list
 from minimmf.utils.build import build_model
 from minimmf.utils.configuration import build_config
@@ -31,42 +44,33 @@ CONFIGS = {
 }
 
 
-def machine_gflops(repeats: int) -> dict[str, float]:
-    """Measured fp32 throughput: the best of large matmuls and of channels-last 3-D convolutions."""
-    matmul = 0.0
-    for size in (2048, 4096):
-        a, b = torch.randn(size, size), torch.randn(size, size)
-        matmul = max(matmul, 2 * size**3 / median_seconds(lambda a=a, b=b: a @ b, repeats) / 1e9)
-    conv3d = 0.0
-    for channels, kernel, shape in ((64, (1, 3, 3), (4, 64, 8, 56, 56)), (128, (3, 3, 3), (2, 128, 8, 28, 28))):
-        conv = torch.nn.Conv3d(channels, channels, kernel, padding=tuple(k // 2 for k in kernel)).eval()
-        conv = conv.to(memory_format=torch.channels_last_3d)
-        x = torch.randn(shape).contiguous(memory_format=torch.channels_last_3d)
-        flops = 2 * channels * channels * kernel[0] * kernel[1] * kernel[2] * x.numel() / channels
-        with torch.inference_mode():
-            conv3d = max(conv3d, flops / median_seconds(lambda conv=conv, x=x: conv(x), repeats) / 1e9)
-    return {"matmul_gflops": matmul, "conv3d_gflops": conv3d}
-
-
-def bench_model(name: str, batch_sizes: list[int], repeats: int) -> list[dict]:
+def bench_model(name: str, modes: list[str], batch_sizes: list[int], repeats: int) -> list[dict]:
     config_path, frames, crop, audio = CONFIGS[name]
-    model = build_model(build_config(ROOT / config_path)).eval()
+    base = build_model(build_config(ROOT / config_path)).eval()
     batches = {batch_size: random_sample_list(batch_size, frames=frames, crop=crop, audio=audio)
                for batch_size in batch_sizes}
-    rows, reference = [], {}
-    for variant in ("fp32", "fp32 channels_last"):
-        if variant.endswith("channels_last"):
-            model.prepare_for_inference(channels_last=True)
+    flops, reference = {}, {}
+    with torch.inference_mode():
         for batch_size, batch in batches.items():
+            with FlopCounterMode(display=False) as counter:
+                reference[batch_size] = base(batch)["scores"]
+            flops[batch_size] = counter.get_total_flops()
+    rows = []
+    for mode in modes:
+        started = time.perf_counter()
+        runner = mode_runner(copy.deepcopy(base), mode, lambda size: tensors(random_sample_list(
+            size, frames=frames, crop=crop, audio=audio)), max(batch_sizes))
+        prepare_seconds = time.perf_counter() - started
+        for batch_size, batch in batches.items():
+            inputs = tensors(batch)
             with torch.inference_mode():
-                with FlopCounterMode(display=False) as counter:
-                    scores = model(batch)["scores"]
-                seconds = median_seconds(lambda inputs=batch: model(inputs), repeats)
-            reference.setdefault(batch_size, scores)
-            rows.append({"model": name, "variant": variant, "batch": batch_size,
+                scores = runner(inputs)
+                seconds = median_seconds(lambda inputs=inputs, runner=runner: runner(inputs), repeats)
+            rows.append({"model": name, "variant": mode, "batch": batch_size,
                          "seconds_per_sample": seconds / batch_size,
-                         "gflops_per_sample": counter.get_total_flops() / batch_size / 1e9,
-                         "max_score_diff": float((scores - reference[batch_size]).abs().max())})
+                         "gflops_per_sample": flops[batch_size] / batch_size / 1e9,
+                         "max_score_diff": float((scores - reference[batch_size]).abs().max()),
+                         "prepare_seconds": prepare_seconds, "warm_up": runner.warm_up})
     return rows
 
 
@@ -81,22 +85,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="*", default=["tiny", "full"], choices=list(CONFIGS))
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 4, 8])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES))
     args = parser.parse_args(argv)
     line = machine(threads=True)
-    peak = machine_gflops(args.repeats)
-    best = max(peak.values())
-    print(f"model forward, fp32, eval, inference_mode (median of {args.repeats})\nmachine: {line}")
-    print(f"measured: matmul {peak['matmul_gflops']:.0f} GFLOP/s, conv3d {peak['conv3d_gflops']:.0f} GFLOP/s\n")
+    peaks = machine_peaks(args.repeats)
+    print(f"model forward per serving mode, eval, inference_mode (median of {args.repeats})\nmachine: {line}")
+    print("measured peaks (GFLOP/s): " + ", ".join(f"{name} {value:.0f}" for name, value in peaks.items()) + "\n")
     print(f"{'model':<6}{'variant':>20}{'batch':>6}{'ms/sample':>11}{'GFLOP/sample':>14}{'GFLOP/s':>9}"
           f"{'of peak':>9}{'max diff':>10}")
     rows = []
     for name in args.models:
-        for row in bench_model(name, args.batch_sizes, args.repeats):
+        for row in bench_model(name, args.modes, args.batch_sizes, args.repeats):
             row["gflops_per_second"] = row["gflops_per_sample"] / row["seconds_per_sample"]
-            row["fraction_of_peak"] = row["gflops_per_second"] / best
+            row["fraction_of_peak"] = row["gflops_per_second"] / own_peak(peaks, row["variant"])
             rows.append(row)
             print_row(row)
-    print(f"saved {save_results('model_forward', {'machine': line, 'peak': peak, 'rows': rows})}")
+    print(f"saved {save_results('model_forward', {'machine': line, 'peaks': peaks, 'rows': rows})}")
     return 0
 
 

@@ -180,7 +180,7 @@ def test_channels_last_keeps_the_answers(served, model_dir, test_videos):
         assert fast["scores"] == pytest.approx(reference["scores"], abs=1e-5)
 
 
-@pytest.mark.parametrize("settings", [{"precision": "bf16"}, {"quantize_bert": True}])
+@pytest.mark.parametrize("settings", [{"precision": "bf16"}])
 def test_opt_in_fast_modes_stay_close_to_fp32(served, model_dir, test_videos, settings):
     handler, context = served
     fast, fast_context = load_handler(model_dir, {"handler": settings})
@@ -193,7 +193,7 @@ def test_opt_in_fast_modes_stay_close_to_fp32(served, model_dir, test_videos, se
 
 @pytest.mark.parametrize("settings, message", [
     ({"precision": "fp8"}, "handler.precision must be one of"),
-    ({"precision": "bf16", "quantize_bert": True}, "quantize_bert works with precision fp32 only"),
+    ({"quantize_bert": True}, "handler.quantize_bert is no longer a setting; set handler.precision: int8"),
     ({"top_k": "3"}, "handler.top_k must be an int"),
     ({"top_k": -1}, "handler.top_k must be >= 0"),
     ({"prediction_threshold": 1.5}, "handler.prediction_threshold must be a probability"),

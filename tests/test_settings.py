@@ -92,7 +92,7 @@ def test_values_are_typed():
 
 @pytest.mark.parametrize("section, message", [
     ({"precision": "fp8"}, "handler.precision must be one of"),
-    ({"precision": "bf16", "quantize_bert": True}, "quantize_bert works with precision fp32 only"),
+    ({"quantize_bert": True}, "handler.quantize_bert is no longer a setting; set handler.precision: int8"),
     ({"top_k": "3"}, "handler.top_k must be an int"),
     ({"top_k": True}, "handler.top_k must be an int"),
     ({"top_k": -1}, "handler.top_k must be >= 0"),

@@ -46,6 +46,8 @@ class SampleMaker(Protocol):
 
     def from_clip(self, clip: DecodedClip, script: str, text: dict[str, Any] | None = None) -> Sample: ...
 
+    def blank_sample(self) -> Sample: ...
+
 
 class BaseDatasetBuilder:
     dataset_name = ""

@@ -5,8 +5,8 @@
 What serving needs from a model is here too, so that serving works through
 this interface and knows nothing of a model's insides: ``config_for_inference``
 (the config edits a served model is built with), ``num_labels``,
-``describe()`` and ``prepare_for_inference()`` (eval mode, channels-last
-convolutions, and what a subclass adds, such as quantization)."""
+``describe()`` and ``prepare_for_inference()`` (eval mode, the serving
+precision's weights, channels-last convolutions)."""
 
 from __future__ import annotations
 
@@ -58,20 +58,21 @@ class BaseModel(nn.Module):
         """The model in brief, for serving's describe answer."""
         return {"model": type(self).__name__, "parameters": sum(p.numel() for p in self.parameters())}
 
-    def prepare_for_inference(self, channels_last: bool = True, quantize: bool = False) -> BaseModel:
-        """This model, ready to serve: eval mode and, with ``channels_last``,
-        channels-last convolution weights (the same fp32 results to ~1e-6,
-        faster oneDNN/cuDNN kernels). ``quantize`` asks a model that knows how
-        (``BaseTransformer``: its transformer's linear layers, int8) to do it."""
+    def prepare_for_inference(self, channels_last: bool = True, dtype: torch.dtype = torch.float32) -> BaseModel:
+        """This model, ready to serve: eval mode, its weights in ``dtype``
+        (bfloat16: the whole model converted, which runs faster than autocast
+        on CPUs with AMX or AVX512-BF16 and on GPUs), and, with
+        ``channels_last``, channels-last convolution weights (the same fp32
+        results to ~1e-6, faster oneDNN/cuDNN kernels in eager mode)."""
         self.eval()
+        if dtype != torch.float32:
+            self.to(dtype)
         if channels_last:
             for module in self.modules():
                 if isinstance(module, nn.Conv3d):
                     module.to(memory_format=torch.channels_last_3d)
                 elif isinstance(module, nn.Conv2d):
                     module.to(memory_format=torch.channels_last)
-        if quantize:
-            raise NotImplementedError(f"{type(self).__name__} has no quantized inference")
         return self
 
     def init_losses(self) -> None:

@@ -8,7 +8,6 @@ or Charades."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,12 +20,14 @@ from omegaconf import DictConfig
 from minimmf.common.registry import registry
 from minimmf.common.sample import Sample, SampleList
 from minimmf.datasets.video_clips import ClipPlan, DecodeLimits, SpreadClips, TimelineWindows, Together, window_seconds
+from minimmf.serving.compiled import DTYPES, ModelRunner
 from minimmf.serving.model_files import dataset_builder, read_config, run_manifest
-from minimmf.serving.settings import HandlerSettings
+from minimmf.serving.settings import CompileSettings, HandlerSettings
 from minimmf.utils.build import build_model
 from minimmf.utils.checkpoint import load_checkpoint_file
 from minimmf.utils.configuration import dataset_names
 from minimmf.utils.env import setup_imports
+from minimmf.utils.hardware import detect
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +37,6 @@ def select_device(gpu_id: Any) -> torch.device:
     if gpu_id is not None and torch.cuda.is_available():
         return torch.device("cuda", int(gpu_id))
     return torch.device("cpu")
-
-
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast for ``precision: bf16``, else nothing."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def inference_config(config: DictConfig, vocabulary: Path | None) -> DictConfig:
@@ -75,7 +69,7 @@ class Predictor:
     samples -> probabilities (``predict``)."""
 
     def __init__(self, config: DictConfig, classes: list[str], state_dict: dict[str, Any], device: torch.device,
-                 settings: HandlerSettings):
+                 settings: HandlerSettings, compile_settings: CompileSettings | None = None):
         self.config, self.classes, self.device, self.settings = config, classes, device, settings
         self.dataset_name = dataset_names(config)[0]
         dataset_config = config.dataset_config[self.dataset_name]
@@ -84,10 +78,11 @@ class Predictor:
             raise ValueError(f"the model has {model.num_labels} outputs but the labels file defines {len(classes)} "
                              "classes; archive the labels CSV of the dataset the model was trained on")
         model.load_state_dict(state_dict)
-        quantize = settings.quantize_bert and device.type == "cpu"
-        if settings.quantize_bert and not quantize:
-            logger.warning("handler.quantize_bert is for CPU serving; ignored on %s", device)
-        self.model = model.to(device).prepare_for_inference(channels_last=settings.channels_last, quantize=quantize)
+        compile_settings = compile_settings or CompileSettings()
+        # compiled, Inductor chooses the layouts (and fails on channels-last weights it freezes)
+        channels_last = settings.channels_last and not compile_settings.enable
+        self.model = model.to(device).prepare_for_inference(channels_last=channels_last,
+                                                            dtype=DTYPES[settings.precision])
         limits = DecodeLimits(settings.max_frame_pixels, settings.max_frames, settings.max_decode_seconds,
                               setting_prefix="handler.")
         builder = dataset_builder(config)
@@ -98,10 +93,16 @@ class Predictor:
         default_threshold = float(dataset_config.get("prediction_threshold", 0.5))
         chosen = settings.prediction_threshold
         self.threshold = chosen if chosen is not None else default_threshold
+        self.runner = ModelRunner(self.model, device, settings.precision, compile_settings, detect(device),
+                                  self.blank_inputs, settings.max_model_batch, settings.compile_cache_dir)
+
+    def blank_inputs(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """Model inputs of ``batch_size`` blank samples (for the warm-up)."""
+        return model_inputs(SampleList([self.sample_maker.blank_sample() for _ in range(batch_size)]))
 
     @classmethod
     def from_model_dir(cls, model_dir: Path, serialized_file: str, settings: HandlerSettings,
-                       gpu_id: Any = None) -> Predictor:
+                       gpu_id: Any = None, compile_settings: CompileSettings | None = None) -> Predictor:
         """The predictor of an extracted archive: its config, class list,
         vocabulary (as its manifest names them) and serialized weights."""
         manifest = run_manifest(model_dir)
@@ -113,7 +114,7 @@ class Predictor:
         config = inference_config(config, manifest.path(model_dir, "vocabulary"))
         classes = dataset_builder(config).read_class_list(labels)
         return cls(config, classes, load_checkpoint_file(model_dir / serialized_file, map_location="cpu"),
-                   select_device(gpu_id), settings)
+                   select_device(gpu_id), settings, compile_settings)
 
     def plan(self, segment_seconds: float) -> ClipPlan:
         """What to decode from one video: the ``clips`` video-level clips (first)
@@ -148,6 +149,7 @@ class Predictor:
             "labels": self.classes,
             "threshold": self.threshold,
             "device": str(self.device),
+            **self.runner.describe(),
             "config": {**model, **self.inputs},
         }
 
@@ -158,8 +160,10 @@ class Predictor:
         return torch.cat([self._predict_batch(samples[first:first + step]) for first in range(0, len(samples), step)])
 
     def _predict_batch(self, samples: list[Sample]) -> torch.Tensor:
-        batch = SampleList(samples)
-        batch.dataset_name, batch.dataset_type = self.dataset_name, "test"
-        with torch.inference_mode(), autocast_for(self.device, self.settings.precision):
-            scores = self.model(batch.to(self.device, non_blocking=True))["scores"]
-            return torch.sigmoid(scores.float()).cpu()
+        with torch.inference_mode():
+            return torch.sigmoid(self.runner(model_inputs(SampleList(samples)))).cpu()
+
+
+def model_inputs(batch: SampleList) -> dict[str, torch.Tensor]:
+    """The tensors of a batch: what the (compiled) model takes."""
+    return {name: value for name, value in batch.items() if isinstance(value, torch.Tensor)}

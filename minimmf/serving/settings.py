@@ -24,10 +24,12 @@ from minimmf.modules.predictions import CLIP_POOLINGS
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
 MAX_SEGMENT_SECONDS = 3600.0
 # settings renamed so that evaluation and serving use one name: old name -> new name
 RENAMED = {"threshold": "prediction_threshold"}
+# settings whose work another one does now: old name -> what to set instead
+REPLACED = {"quantize_bert": "precision: int8 (PyTorch's x86 int8 path, PT2E; needs pt2 compile)"}
 
 
 class SettingsError(ValueError):
@@ -135,11 +137,17 @@ class HandlerSettings:
                                        "convention)")
     max_model_batch: int = setting(16, "at most this many clips and windows go through the model at once")
     channels_last: bool = setting(
-        True, "channels-last convolution weights: the same fp32 answers (to ~1e-6), faster kernels",
-        "Speed (bench/precision.py measures the modes against fp32).")
-    precision: str = setting("fp32", f"{' or '.join(PRECISIONS)}: bf16 autocast changes the answers slightly")
-    quantize_bert: bool = setting(False, "int8 dynamic quantization of the transformer's linear layers (CPU, "
-                                         "fp32 only)")
+        True, "channels-last convolution weights: the same fp32 answers (to ~1e-6), faster eager kernels (a compiled "
+              "model leaves the layouts to Inductor)",
+        "Speed (README, \"Precision and compilation\"; bench/precision.py measures the modes against fp32).")
+    precision: str = setting(
+        "fp32", "fp32; bf16 (the model converted to bfloat16: fast on CPUs with AMX or AVX512-BF16 and on GPUs "
+                "from Ampere on); int8 (PyTorch's x86 path, PT2E: dynamic int8 linear layers, the rest fp32; x86 "
+                "CPUs, needs pt2 compile). The answers move slightly, within README's figures")
+    compile_cache_dir: str | None = setting(
+        None, "where compiled models are kept (with pt2 compile): a restarted or second worker loads the model "
+              "compiled there instead of compiling again; null = $TORCHINDUCTOR_CACHE_DIR, else torch's default "
+              "(/tmp/torchinductor_<user>)")
     # handler.live, the live model's streams: set only when model-config.yaml turns sequenceBatching on
     live: LiveSettings | None = field(default=None, metadata={"section": LiveSettings})
 
@@ -149,7 +157,7 @@ class HandlerSettings:
         section = (model_yaml_config or {}).get("handler") or {}
         if not isinstance(section, Mapping):
             raise SettingsError(f"model-config.yaml: 'handler' must be a mapping of settings, got {section!r}")
-        section = _renamed(dict(section))
+        section = _replaced(_renamed(dict(section)))
         live = section.pop("live", None)
         if model_yaml_config and model_yaml_config.get("sequenceBatching"):
             section["live"] = LiveSettings.from_model_yaml(model_yaml_config, live)
@@ -167,8 +175,6 @@ class HandlerSettings:
                                 f"not {threshold}")
         if self.precision not in PRECISIONS:
             raise SettingsError(f"handler.precision must be one of {PRECISIONS}, not {self.precision!r}")
-        if self.quantize_bert and self.precision != "fp32":
-            raise SettingsError("handler.quantize_bert works with precision fp32 only (int8 kernels take fp32 input)")
         if self.top_k < 0:
             raise SettingsError(f"handler.top_k must be >= 0, not {self.top_k}")
         if not 0 <= self.segment_seconds <= MAX_SEGMENT_SECONDS:
@@ -180,6 +186,89 @@ class HandlerSettings:
                      "max_json_bytes", "max_json_depth", "max_labels", "max_segments", "clips", "max_model_batch"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"handler.{name} must be > 0, not {getattr(self, name)}")
+
+
+# torch.compile's modes (torch._inductor.list_mode_options), as TorchServe's pt2 section names them
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_KEYS = ("enable", "backend", "mode", "options")
+
+
+@dataclass(frozen=True)
+class CompileSettings:
+    """model-config.yaml's ``pt2`` section, in TorchServe's convention
+    (``pt2: {compile: {enable: true, backend: inductor, mode: ...}}``): whether
+    the predictor's model is compiled by ``torch.compile``, with Inductor's
+    mode and options. The handler compiles it itself (TorchServe's
+    BaseHandler, which reads ``pt2``, does not load this model) and warms it
+    up at initialize (``minimmf.serving.compiled``; README, "Precision and
+    compilation")."""
+
+    enable: bool = False
+    backend: str = "inductor"
+    mode: str = "default"
+    options: Mapping[str, Any] = field(default_factory=dict)  # Inductor config keys, checked when compiling
+
+    def torch_kwargs(self) -> dict[str, Any]:
+        """``torch.compile``'s mode and options as given (torch takes one or the other)."""
+        kwargs: dict[str, Any] = {}
+        if self.mode != "default":
+            kwargs["mode"] = self.mode
+        if self.options:
+            kwargs["options"] = dict(self.options)
+        return kwargs
+
+    @classmethod
+    def from_model_yaml(cls, model_yaml_config: Mapping[str, Any] | None) -> CompileSettings:
+        """The ``pt2`` section's settings (not compiled without one)."""
+        section = (model_yaml_config or {}).get("pt2")
+        if section is None:
+            return cls()
+        if isinstance(section, str) or (isinstance(section, Mapping) and section and
+                                         set(section) <= {"backend", "mode", "options"}):
+            logger.warning("model-config.yaml: pt2 given as %r is TorchServe's deprecated form; write "
+                           "pt2: {compile: {enable: true, backend: ..., mode: ...}}", section)
+            return cls._checked({"enable": True, **({"backend": section} if isinstance(section, str) else section)})
+        if not isinstance(section, Mapping):
+            raise SettingsError(f"model-config.yaml: pt2 must be a mapping such as {{compile: {{enable: true}}}}, "
+                                f"not {section!r}")
+        if "export" in section:
+            raise SettingsError("model-config.yaml: pt2.export (TorchServe's loading of a precompiled .so) does not "
+                                "apply to this handler, which compiles the model itself: use pt2: {compile: "
+                                "{enable: true}}")
+        unknown = sorted(set(section) - {"compile"})
+        if unknown:
+            raise SettingsError(f"model-config.yaml: unknown pt2 key(s) {unknown}; this handler reads pt2.compile")
+        compile_section = section.get("compile")
+        if not isinstance(compile_section, Mapping):
+            raise SettingsError(f"model-config.yaml: pt2.compile must be a mapping such as {{enable: true}}, not "
+                                f"{compile_section!r}")
+        return cls._checked(dict(compile_section))
+
+    @classmethod
+    def _checked(cls, section: dict[str, Any]) -> CompileSettings:
+        unknown = sorted(set(section) - set(COMPILE_KEYS))
+        if unknown:
+            raise SettingsError(f"model-config.yaml: unknown pt2.compile key(s) {unknown}; known: {list(COMPILE_KEYS)} "
+                                "(the whole model is always compiled, with a dynamic batch dimension)")
+        if not isinstance(section.get("enable"), bool):
+            raise SettingsError(f"model-config.yaml: pt2.compile.enable must be true or false, not "
+                                f"{section.get('enable')!r}")
+        backend = section.get("backend", "inductor")
+        if backend != "inductor":
+            raise SettingsError(f"model-config.yaml: pt2.compile.backend {backend!r} is not supported: the handler "
+                                "compiles with Inductor (freezing, int8 lowering and its on-disk cache need it); use "
+                                "inductor or leave it out")
+        mode = section.get("mode") or "default"
+        if mode not in COMPILE_MODES:
+            raise SettingsError(f"model-config.yaml: pt2.compile.mode must be one of {COMPILE_MODES}, not {mode!r}")
+        if mode != "default" and section.get("options"):
+            raise SettingsError("model-config.yaml: pt2.compile takes mode or options, not both (torch.compile "
+                                "refuses both)")
+        options = section.get("options") or {}
+        if not isinstance(options, Mapping) or not all(isinstance(key, str) for key in options):
+            raise SettingsError(f"model-config.yaml: pt2.compile.options must map Inductor config names to values, "
+                                f"not {options!r}")
+        return cls(section["enable"], backend, mode, dict(options))
 
 
 def _renamed(section: dict[str, Any]) -> dict[str, Any]:
@@ -204,6 +293,22 @@ def _typed_values(cls: type, section: dict[str, Any], prefix: str) -> dict[str, 
     return {name: value if "section" in known[name].metadata else _checked(f"{prefix}.{name}", value,
                                                                             known[name].type)
             for name, value in section.items()}
+
+
+def _replaced(section: dict[str, Any]) -> dict[str, Any]:
+    """``section`` without the settings whose work another does now: one left
+    at its old default is dropped with a warning, one turned on is refused,
+    naming what to set instead."""
+    for old, instead in REPLACED.items():
+        if old not in section:
+            continue
+        if section[old]:
+            raise SettingsError(f"model-config.yaml: handler.{old} is no longer a setting; set handler.{instead} "
+                                "instead (README, \"Precision and compilation\")")
+        logger.warning("model-config.yaml: handler.%s is no longer a setting (handler.%s does its work); please "
+                       "remove it", old, instead)
+        del section[old]
+    return section
 
 
 def _checked(name: str, value: Any, annotation: str) -> Any:

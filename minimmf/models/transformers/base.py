@@ -3,10 +3,8 @@ encoder layers), one encoder per modality, and a list of heads."""
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
@@ -51,20 +49,6 @@ class BaseTransformer(BaseModel):
             "modalities": [{"key": m.key, "type": m.type, "encoder": (m.get("encoder") or {}).get("type", "identity")}
                            for m in self.config.modalities],
         }
-
-    def prepare_for_inference(self, channels_last: bool = True, quantize: bool = False) -> BaseTransformer:
-        """As ``BaseModel``'s; ``quantize``: dynamic int8 quantization of the
-        transformer's linear layers (CPU kernels)."""
-        super().prepare_for_inference(channels_last)
-        if quantize:
-            with warnings.catch_warnings():
-                # torch.ao.quantization is deprecated in favour of torchao, which this stack does not pin
-                warnings.filterwarnings("ignore", message=".*deprecated.*")
-                from torch.ao.quantization import quantize_dynamic
-
-                self.backend.transformer = quantize_dynamic(self.backend.transformer, {nn.Linear},
-                                                            dtype=torch.qint8)
-        return self
 
     def build_backend(self) -> None:
         backend_config = self.config.get("backend", None) or {}
