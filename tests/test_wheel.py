@@ -70,8 +70,9 @@ def test_the_wheel_trains_archives_and_serves_outside_the_clone(installed, synth
     manifest = json.loads((save / "manifest.json").read_text())
     assert set(manifest["files"]) == {"weights", "config", "labels", "vocabulary"}
     run([python, "-m", "minimmf.serving.torchserve", "archive", "--save-dir", str(save), "--model-store",
-         str(elsewhere / "store"), "--model-config", str(ROOT / "model-config.yaml"), "--handler",
-         str(ROOT / "handler.py")], elsewhere, env)
+         str(elsewhere / "store"), "--model-config", str(ROOT / "model-config.yaml"), "--live-model-config",
+         str(ROOT / "model-config-live.yaml"), "--handler", str(ROOT / "handler.py")], elsewhere, env)
+    assert {path.name for path in (elsewhere / "store").iterdir()} == {"MMF_model.mar", "MMF_model_live.mar"}
     video, _ = test_split[0]
     answer = json.loads(run([python, "-c", ANSWER_ONE_VIDEO, str(elsewhere / "store" / "MMF_model.mar"), str(video)],
                             elsewhere, env).strip().splitlines()[-1])

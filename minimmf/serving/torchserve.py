@@ -473,6 +473,10 @@ def default_ts_config() -> Path:
 
 def run_command(args: argparse.Namespace) -> int:
     if args.command == "archive":
+        if not args.no_live and not args.live_model_config.is_file():  # before anything is written
+            raise ServingSetupError(f"missing {args.live_model_config} (the live model's settings): run from the "
+                                    "project's folder, pass --live-model-config PATH, or --no-live to build "
+                                    f"{args.model_name}.mar alone")
         path = archive_model(args.save_dir, args.model_store, args.labels, args.weights, args.model_config,
                              args.handler, args.model_name)
         print(f"wrote {path}")
