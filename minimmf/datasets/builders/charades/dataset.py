@@ -134,7 +134,7 @@ class CharadesSampleMaker:
         same pipeline as a real one: the shapes and types of every request's
         samples, for warming a compiled model up before the first request."""
         frames = np.zeros((self.frames_per_clip, 120, 160, 3), dtype=np.uint8)
-        video = self._frames_to_tensor(frames) if self.per_frame is not None else torch.from_numpy(frames)
+        video = self.transform_frames(frames)
         audio = torch.zeros(1, self.audio_samples_needed or 16000)
         clip = DecodedClip(video, audio, 16000, self.frames_per_clip, 25.0, 0.0, self.frames_per_clip / 25.0)
         return self.from_clip(clip, "")
