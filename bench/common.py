@@ -332,6 +332,7 @@ def torchserve(workdir: Path, store: Path) -> Iterator[TorchServe]:
     settings, token authorization on) on ``store``; stopped on the way out."""
     from minimmf.serving.torchserve import TorchServe
 
+    store.mkdir(parents=True, exist_ok=True)  # torchserve refuses a missing model store
     serve = TorchServe.private(workdir, store, TS_CONFIG)
     serve.start()
     try:

@@ -1,19 +1,29 @@
-"""End to end through a real TorchServe (token authorization on): latency
-p50/p95/p99 and throughput at concurrency 1, 4 and 8, with TorchServe's
-batch_size 1 and 4, for the demo model (./save, from `make demo`) and a
-full-size Charades model with random weights; against the in-process
-handler's own time for the same requests (the serving overhead).
+"""End to end through a real TorchServe (token authorization on), for the
+demo model (./save, from `make demo`) and a full-size Charades model with
+random weights (the published model's shapes), in three parts:
+
+- load: latency p50/p95/p99 and throughput at concurrency 1, 4 and 8, with
+  TorchServe's batch_size 1 and 4, as shipped (fp32), against the in-process
+  handler's own time for the same requests (the serving overhead);
+- protocols: one 30 s video sent with each protocol request.py speaks;
+- modes: each serving mode (bench.common.MODES: handler.precision and pt2
+  compile) at batch 1, one request at a time: the cold start (registration to
+  the first answer) on an empty compile cache and again on the cache the
+  first start filled, p50 of the held-out videos, and p50 of a 2 s timeline
+  of a 30 s video (15 windows and the clip: 16 forward passes).
 
 Requests are held-out videos of the demo dataset (./data). Writes
 bench/results/serving.json.
 
-    python -m bench.serving [--models demo full] [--per-concurrency 3] [--protocol-repeats 10]
+    python -m bench.serving [--models demo full] [--parts load protocols modes] [--modes ...]
+        [--per-concurrency 3] [--protocol-repeats 10] [--mode-repeats 10]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 import tempfile
 import time
@@ -23,9 +33,13 @@ from pathlib import Path
 import requests
 
 from bench.common import (
+    MODES,
+    RESULTS,
+    SCRIPT,
     add_demo_arguments,
     archive,
     demo_requests,
+    edited_model_config,
     full_size_model,
     machine,
     make_video,
@@ -162,18 +176,77 @@ def load_rows(serve: TorchServe, name: str, model_dir: Path, requests_: list[tup
     return rows
 
 
+# ------------------------------------------------------------------ modes
+
+
+def answer_seconds(serve: TorchServe, name: str, files: dict) -> float:
+    """Seconds of one request, which must succeed."""
+    started = time.perf_counter()
+    response = serve.predict(files, name=name)
+    if response.status_code != 200:
+        raise RuntimeError(f"{name}: HTTP {response.status_code} {response.text[:200]}")
+    return time.perf_counter() - started
+
+
+def cold_start(serve: TorchServe, name: str, files: dict) -> dict[str, float]:
+    """Seconds from registering ``name`` (one worker, batch 1) to its first answer."""
+    started = time.perf_counter()
+    register(serve, name, name=name, batch_size=1, initial_workers=1)
+    registered = time.perf_counter() - started
+    first = answer_seconds(serve, name, files)
+    return {"registration_s": registered, "first_answer_s": first, "total_s": registered + first}
+
+
+def mode_row(serve: TorchServe, model: str, mode: str, workdir: Path, store: Path, run: tuple[Path, Path | None],
+             requests_: list[tuple[bytes, str]], repeats: int) -> dict:
+    """One serving mode of ``model``: cold starts, p50 of a clip and of a timeline."""
+    precision, compiled = MODES[mode]
+    name = f"{model}-{mode.replace(' ', '-')}"
+    cache = workdir / "inductor" / name  # empty until this mode's first start compiles into it
+    model_config = edited_model_config(workdir / f"{name}.yaml", {
+        "handler.precision": precision, "pt2.compile.enable": compiled, "handler.compile_cache_dir": str(cache)})
+    save_dir, weights = run
+    archive(save_dir, store, name=name, model_config=model_config, weights=weights, folder=True)
+    first_request = multipart(*requests_[0])
+    timeline = multipart(make_video(30).read_bytes(), SCRIPT, segment_seconds="2.0")
+    row = {"model": model, "mode": mode, "cold_start": cold_start(serve, name, first_request)}
+    row["p50_ms"] = load(serve, name, requests_, 1, repeats)["p50_ms"]
+    row["timeline_p50_ms"] = median_seconds(lambda: answer_seconds(serve, name, timeline), repeats) * 1000
+    serve.unregister(name)
+    # a restarted worker: the same folder, the compile cache now filled
+    row["warm_cache_start"] = cold_start(serve, name, first_request) if compiled else None
+    serve.unregister(name)
+    warm = row["warm_cache_start"]
+    print(f"{model:<5}{mode:>15}  cold start {row['cold_start']['total_s']:6.1f} s"
+          + (f"  warm cache {warm['total_s']:6.1f} s" if warm else f"{'':>19}")
+          + f"  p50 {row['p50_ms']:6.0f} ms  timeline p50 {row['timeline_p50_ms']:6.0f} ms", flush=True)
+    return row
+
+
+def mode_rows(serve: TorchServe, workdir: Path, store: Path, runs: dict[str, tuple[Path, Path | None]],
+              modes: list[str], requests_: list[tuple[bytes, str]], repeats: int) -> list[dict]:
+    print("\nserving modes, batch 1, one request at a time:")
+    return [mode_row(serve, model, mode, workdir, store, run, requests_, repeats)
+            for model, run in runs.items() for mode in modes]
+
+
 # -------------------------------------------------------------------- main
 
 
-def archive_models(models: list[str], save_dir: Path, workdir: Path, store: Path) -> dict[str, Path]:
-    """Name -> model folder in ``store`` of the demo run and of the full-size model."""
-    folders = {}
+def model_runs(models: list[str], save_dir: Path, workdir: Path) -> dict[str, tuple[Path, Path | None]]:
+    """Name -> (run folder, weights replacing its own) of the demo run and of the full-size model."""
+    runs: dict[str, tuple[Path, Path | None]] = {}
     if "demo" in models:
-        folders["demo"] = archive(save_dir, store, name="demo", folder=True)
+        runs["demo"] = (save_dir, None)
     if "full" in models:
-        full_save, weights = full_size_model(workdir)
-        folders["full"] = archive(full_save, store, name="full", weights=weights, folder=True)
-    return folders
+        runs["full"] = full_size_model(workdir)
+    return runs
+
+
+def previous_report() -> dict:
+    """The last saved serving report, or an empty one."""
+    path = RESULTS / "serving.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def print_summary(line: str, rows: list[dict]) -> None:
@@ -191,25 +264,40 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_demo_arguments(parser)
     parser.add_argument("--models", nargs="*", default=["demo", "full"], choices=["demo", "full"])
+    parser.add_argument("--parts", nargs="*", default=["load", "protocols", "modes"],
+                        choices=["load", "protocols", "modes"])
+    parser.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES))
     parser.add_argument("--per-concurrency", type=int, default=3, help="requests per unit of concurrency")
     parser.add_argument("--protocol-repeats", type=int, default=10)
+    parser.add_argument("--mode-repeats", type=int, default=10, help="requests per mode for each p50")
     args = parser.parse_args(argv)
     if not require_demo_model(args.save_dir, args.data_dir):
         return 2
     requests_ = demo_requests(args.data_dir, 8)
     line = machine()
-    rows, protocols = [], []
+    rows, protocols, modes = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         store = workdir / "model_store"
-        models = archive_models(args.models, args.save_dir, workdir, store)
+        runs = model_runs(args.models, args.save_dir, workdir)
         with torchserve(workdir, store) as serve:
-            for name, model_dir in models.items():
-                rows += load_rows(serve, name, model_dir, requests_, args.per_concurrency)
-            if "demo" in models:
+            if "load" in args.parts:
+                for name, (save_dir, weights) in runs.items():
+                    model_dir = archive(save_dir, store, name=name, weights=weights, folder=True)
+                    rows += load_rows(serve, name, model_dir, requests_, args.per_concurrency)
+            if "protocols" in args.parts and "demo" in runs:
+                archive(args.save_dir, store, name="demo", folder=True)
                 protocols = protocols_on_a_long_video(serve, args.protocol_repeats)
-    print_summary(line, rows)
-    print(f"saved {save_results('serving', {'machine': line, 'rows': rows, 'protocols': protocols})}")
+            if "modes" in args.parts:
+                modes = mode_rows(serve, workdir, store, runs, args.modes, requests_, args.mode_repeats)
+    if rows:
+        print_summary(line, rows)
+    report = previous_report()  # the parts not run this time keep their last figures
+    report["machine"] = line
+    for part, key, value in (("load", "rows", rows), ("protocols", "protocols", protocols), ("modes", "modes", modes)):
+        if part in args.parts:
+            report[key] = value
+    print(f"saved {save_results('serving', report)}")
     return 0
 
 
