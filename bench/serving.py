@@ -292,11 +292,15 @@ def main(argv: list[str] | None = None) -> int:
                 modes = mode_rows(serve, workdir, store, runs, args.modes, requests_, args.mode_repeats)
     if rows:
         print_summary(line, rows)
-    report = previous_report()  # the parts not run this time keep their last figures
+    report = previous_report()  # the parts and modes not run this time keep their last figures
     report["machine"] = line
-    for part, key, value in (("load", "rows", rows), ("protocols", "protocols", protocols), ("modes", "modes", modes)):
+    for part, key, value in (("load", "rows", rows), ("protocols", "protocols", protocols)):
         if part in args.parts:
             report[key] = value
+    if "modes" in args.parts:
+        measured = {(row["model"], row["mode"]) for row in modes}
+        kept = [row for row in report.get("modes", []) if (row["model"], row["mode"]) not in measured]
+        report["modes"] = kept + modes
     print(f"saved {save_results('serving', report)}")
     return 0
 
