@@ -58,6 +58,12 @@ def machine(runtime: str = "torch", threads: bool = False) -> str:
     return ", ".join(parts)
 
 
+def saved_results(name: str) -> dict[str, Any]:
+    """The report last saved as bench/results/``name``.json, or an empty one."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def save_results(name: str, report: dict[str, Any]) -> Path:
     """Write ``report`` to bench/results/``name``.json; returns its path."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -99,6 +105,11 @@ def tensors(batch: Any) -> dict:
     import torch
 
     return {name: value for name, value in batch.items() if isinstance(value, torch.Tensor)}
+
+
+def peaks_line(peaks: dict[str, float]) -> str:
+    """The measured peaks, for a benchmark's heading."""
+    return "measured peaks (GFLOP/s): " + ", ".join(f"{name} {value:.0f}" for name, value in peaks.items())
 
 
 def machine_peaks(repeats: int) -> dict[str, float]:

@@ -31,6 +31,7 @@ from bench.common import (
     median_seconds,
     mode_runner,
     own_peak,
+    peaks_line,
     save_results,
     tensors,
 )
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     line = machine(threads=True)
     peaks = machine_peaks(args.repeats)
     print(f"model forward per serving mode, eval, inference_mode (median of {args.repeats})\nmachine: {line}")
-    print("measured peaks (GFLOP/s): " + ", ".join(f"{name} {value:.0f}" for name, value in peaks.items()) + "\n")
+    print(peaks_line(peaks) + "\n")
     print(f"{'model':<6}{'variant':>20}{'batch':>6}{'ms/sample':>11}{'GFLOP/sample':>14}{'GFLOP/s':>9}"
           f"{'of peak':>9}{'max diff':>10}")
     rows = []

@@ -41,6 +41,7 @@ from bench.common import (
     machine_peaks,
     mode_runner,
     own_peak,
+    peaks_line,
     require_demo_model,
     run_file,
     save_results,
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     line = machine(threads=True)
     peaks = machine_peaks(args.repeats)
     print(f"inference modes against fp32 on the synthetic validation set (batches of 4)\nmachine: {line}")
-    print("measured peaks (GFLOP/s): " + ", ".join(f"{name} {value:.0f}" for name, value in peaks.items()) + "\n")
+    print(peaks_line(peaks) + "\n")
     print(f"{'model':<5}{'mode':>15}{'ms/sample':>10}{'speed-up':>10}{'of peak':>9}{'agreement':>11}"
           f"{'max diff':>11}{'near':>8}{'mAP':>8}")
     rows = []

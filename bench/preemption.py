@@ -26,7 +26,6 @@ other writers); rerun them on a quiet one.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import re
@@ -38,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import DIRECT_CONFIG, RESULTS, ROOT, machine, save_results
+from bench.common import DIRECT_CONFIG, ROOT, machine, save_results, saved_results
 
 TINY_CONFIG = ROOT / "projects/mmf_transformer/configs/charades/tiny.yaml"
 PROGRESS = re.compile(r"progress: (\d+)/\d+, train/")
@@ -249,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     random.seed(args.seed)
 
     print(f"preemption costs, tiny config (one process, batches of 4); machine: {machine()}")
-    path = RESULTS / "preemption.json"
-    results = json.loads(path.read_text()) if args.only and path.is_file() else {}
+    results = saved_results("preemption") if args.only else {}
     with tempfile.TemporaryDirectory(prefix="preemption_") as temporary:
         folder = Path(temporary)
         os.environ["MMF_CACHE_DIR"] = str(folder / "cache")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import tempfile
 import time
@@ -34,7 +33,6 @@ import requests
 
 from bench.common import (
     MODES,
-    RESULTS,
     SCRIPT,
     add_demo_arguments,
     archive,
@@ -48,6 +46,7 @@ from bench.common import (
     register,
     require_demo_model,
     save_results,
+    saved_results,
     torchserve,
 )
 from devtools.worker import handle, load_handler
@@ -210,13 +209,16 @@ def mode_row(serve: TorchServe, model: str, mode: str, workdir: Path, store: Pat
     first_request = multipart(*requests_[0])
     timeline = multipart(make_video(30).read_bytes(), SCRIPT, segment_seconds="2.0")
     row = {"model": model, "mode": mode, "cold_start": cold_start(serve, name, first_request)}
-    row["p50_ms"] = load(serve, name, requests_, 1, repeats)["p50_ms"]
+    clips = load(serve, name, requests_, 1, repeats)
+    if clips["errors"]:
+        raise RuntimeError(f"{name}: {clips['errors']} of {clips['requests']} requests failed")
+    row["p50_ms"] = clips["p50_ms"]
     row["timeline_p50_ms"] = median_seconds(lambda: answer_seconds(serve, name, timeline), repeats) * 1000
     serve.unregister(name)
-    # a restarted worker: the same folder, the compile cache now filled
-    row["warm_cache_start"] = cold_start(serve, name, first_request) if compiled else None
-    serve.unregister(name)
-    warm = row["warm_cache_start"]
+    row["warm_cache_start"] = warm = None
+    if compiled:  # a restarted worker: the same folder, the compile cache now filled
+        row["warm_cache_start"] = warm = cold_start(serve, name, first_request)
+        serve.unregister(name)
     print(f"{model:<5}{mode:>15}  cold start {row['cold_start']['total_s']:6.1f} s"
           + (f"  warm cache {warm['total_s']:6.1f} s" if warm else f"{'':>19}")
           + f"  p50 {row['p50_ms']:6.0f} ms  timeline p50 {row['timeline_p50_ms']:6.0f} ms", flush=True)
@@ -241,12 +243,6 @@ def model_runs(models: list[str], save_dir: Path, workdir: Path) -> dict[str, tu
     if "full" in models:
         runs["full"] = full_size_model(workdir)
     return runs
-
-
-def previous_report() -> dict:
-    """The last saved serving report, or an empty one."""
-    path = RESULTS / "serving.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def print_summary(line: str, rows: list[dict]) -> None:
@@ -292,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                 modes = mode_rows(serve, workdir, store, runs, args.modes, requests_, args.mode_repeats)
     if rows:
         print_summary(line, rows)
-    report = previous_report()  # the parts and modes not run this time keep their last figures
+    report = saved_results("serving")  # the parts and modes not run this time keep their last figures
     report["machine"] = line
     for part, key, value in (("load", "rows", rows), ("protocols", "protocols", protocols)):
         if part in args.parts:
