@@ -57,6 +57,13 @@ def test_key_frames_too_far_apart_are_re_encoded(tmp_path):
     assert frames.shape == original.shape
     assert np.abs(frames.astype(int) - original.astype(int)).mean() < 12  # lossy, but the same pictures
     assert np.array_equal(sound, decode_all_audio(str(video)))  # the sound is still copied
+    for chunk in chunks:  # the new pictures keep the clock of the copied sound
+        with av.open(io.BytesIO(chunk.data)) as container:
+            first_picture = next(container.decode(video=0)).time
+        with av.open(io.BytesIO(chunk.data)) as container:
+            first_sound = next(container.decode(audio=0)).time
+        assert first_picture == pytest.approx(chunk.start, abs=1 / FPS)
+        assert first_sound == pytest.approx(chunk.start, abs=0.1)
 
 
 def test_uncompressed_video_is_re_encoded(tmp_path):

@@ -239,9 +239,11 @@ class _Cutter:
         stream = output.add_stream(REENCODE_CODEC, rate=self.fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = dict(REENCODE_OPTIONS)
+        # on the source's clock, as the copied sound is (from zero, the sound would lie past the pictures)
+        first = round(frames[0].time * float(self.fps)) if frames[0].time is not None else 0
         for index, frame in enumerate(frames):
             converted = frame.reformat(width=width, height=height, format="yuv420p")
-            converted.pts, converted.time_base = index, 1 / self.fps
+            converted.pts, converted.time_base = first + index, 1 / self.fps
             for packet in stream.encode(converted):
                 output.mux(packet)
         for packet in stream.encode():
