@@ -95,7 +95,11 @@ def mode_runner(model: Any, mode: str, example: Callable[[int], dict], max_batch
     from minimmf.utils.hardware import detect
 
     precision, compiled = MODES[mode]
-    model = model.prepare_for_inference(channels_last=not compiled, dtype=DTYPES[precision])
+    if compiled:
+        # Dynamo's recompile limit (8 graphs per function) counts every model compiled in this process:
+        # past it, a compiled mode would silently run eagerly
+        torch._dynamo.reset()
+    model = model.prepare_for_inference(dtype=DTYPES[precision], compiled=compiled)
     return ModelRunner(model, torch.device("cpu"), precision, CompileSettings(enable=compiled), detect("cpu"),
                        example, max_batch)
 

@@ -28,6 +28,21 @@ def test_tiny_config_inherits_direct_and_shrinks_the_work():
     assert config.training.early_stop.criteria == "charades/multilabel_micro_f1"
 
 
+def test_synthetic_full_config_is_direct_with_the_synthetic_classes():
+    """bench/precision.py's trained full-size model: direct.yaml's architecture
+    and inputs (the same modules, widths and processors), an 8-class head."""
+    overrides = ["model=mmf_transformer", "dataset=charades"]
+    direct = build_config(DIRECT_CONFIG, overrides)
+    synthetic = build_config(TINY_CONFIG.with_name("synthetic_full.yaml"), overrides)
+    assert synthetic.model_config.mmf_transformer.heads[0].num_labels == 8
+    synthetic.model_config.mmf_transformer.heads[0].num_labels = direct.model_config.mmf_transformer.heads[0].num_labels
+    assert OmegaConf.to_container(synthetic.model_config) == OmegaConf.to_container(direct.model_config)
+    assert synthetic.dataset_config.charades.frames_per_clip == direct.dataset_config.charades.frames_per_clip
+    assert OmegaConf.to_container(synthetic.dataset_config.charades.processors) == \
+        OmegaConf.to_container(direct.dataset_config.charades.processors)
+    assert synthetic.training.max_updates == synthetic.scheduler.params.num_training_steps
+
+
 def test_overrides_types_lists_and_interpolation():
     config = build_config(DIRECT_CONFIG, [
         "model=mmf_transformer", "dataset=charades", "training.batch_size=4",

@@ -58,12 +58,16 @@ class BaseModel(nn.Module):
         """The model in brief, for serving's describe answer."""
         return {"model": type(self).__name__, "parameters": sum(p.numel() for p in self.parameters())}
 
-    def prepare_for_inference(self, channels_last: bool = True, dtype: torch.dtype = torch.float32) -> BaseModel:
+    def prepare_for_inference(self, channels_last: bool = True, dtype: torch.dtype = torch.float32,
+                              compiled: bool = False) -> BaseModel:
         """This model, ready to serve: eval mode, its weights in ``dtype``
         (bfloat16: the whole model converted, which runs faster than autocast
         on CPUs with AMX or AVX512-BF16 and on GPUs), and, with
         ``channels_last``, channels-last convolution weights (the same fp32
-        results to ~1e-6, faster oneDNN/cuDNN kernels in eager mode)."""
+        results to ~1e-6, faster oneDNN/cuDNN kernels). For a model Inductor
+        will compile (``compiled``) only the 3-D convolutions go channels-last:
+        its frozen 2-D convolution of a one-channel input fails on them, and
+        the 2-D ones ran no faster."""
         self.eval()
         if dtype != torch.float32:
             self.to(dtype)
@@ -71,7 +75,7 @@ class BaseModel(nn.Module):
             for module in self.modules():
                 if isinstance(module, nn.Conv3d):
                     module.to(memory_format=torch.channels_last_3d)
-                elif isinstance(module, nn.Conv2d):
+                elif isinstance(module, nn.Conv2d) and not compiled:
                     module.to(memory_format=torch.channels_last)
         return self
 

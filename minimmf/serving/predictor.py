@@ -79,10 +79,8 @@ class Predictor:
                              "classes; archive the labels CSV of the dataset the model was trained on")
         model.load_state_dict(state_dict)
         compile_settings = compile_settings or CompileSettings()
-        # compiled, Inductor chooses the layouts (and fails on channels-last weights it freezes)
-        channels_last = settings.channels_last and not compile_settings.enable
-        self.model = model.to(device).prepare_for_inference(channels_last=channels_last,
-                                                            dtype=DTYPES[settings.precision])
+        self.model = model.to(device).prepare_for_inference(settings.channels_last, DTYPES[settings.precision],
+                                                            compiled=compile_settings.enable)
         limits = DecodeLimits(settings.max_frame_pixels, settings.max_frames, settings.max_decode_seconds,
                               setting_prefix="handler.")
         builder = dataset_builder(config)

@@ -137,8 +137,8 @@ class HandlerSettings:
                                        "convention)")
     max_model_batch: int = setting(16, "at most this many clips and windows go through the model at once")
     channels_last: bool = setting(
-        True, "channels-last convolution weights: the same fp32 answers (to ~1e-6), faster eager kernels (a compiled "
-              "model leaves the layouts to Inductor)",
+        True, "channels-last convolution weights: the same fp32 answers (to ~1e-6), faster kernels (compiled: the 3-D "
+              "convolutions only)",
         "Speed (README, \"Precision and compilation\"; bench/precision.py measures the modes against fp32).")
     precision: str = setting(
         "fp32", "fp32; bf16 (the model converted to bfloat16: fast on CPUs with AMX or AVX512-BF16 and on GPUs "
