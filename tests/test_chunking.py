@@ -1,7 +1,8 @@
 """The client's chunker on real encoded videos: cut at key frames without
-re-encoding, the chunks decode to exactly the source's frames and samples;
-re-encoded only when it must be (key frames too far apart, uncompressed
-video); and request.py --live's local errors."""
+re-encoding, the chunks decode (as the server decodes them) to exactly the
+source's frames and samples, AAC sound too, each chunk primed by the sound
+packet before its own; re-encoded only when it must be (key frames too far
+apart, uncompressed video); and request.py --live's local errors."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import av
 import numpy as np
 import pytest
 
+from minimmf.datasets.video_clips import decode_chunk
 from minimmf.serving.chunking import ChunkingError, cut_chunks, open_source
 from minimmf.utils.video_writer import write_video
 from tests.conftest import ROOT
@@ -20,9 +22,24 @@ from tests.live_media import FPS, chunks_of, recorded_video
 from tests.media import decode_all_audio, decode_all_frames
 
 
+def server_sound(chunk) -> np.ndarray:
+    """A chunk's sound as the server keeps it: without its priming packet's."""
+    return decode_chunk(io.BytesIO(chunk.data), lambda info: [0]).audio.numpy()
+
+
 def frames_and_sound(chunks) -> tuple[np.ndarray, np.ndarray]:
-    pieces = [(decode_all_frames(io.BytesIO(c.data)), decode_all_audio(io.BytesIO(c.data))) for c in chunks]
+    pieces = [(decode_all_frames(io.BytesIO(c.data)), server_sound(c)) for c in chunks]
     return np.concatenate([f for f, _ in pieces]), np.concatenate([a for _, a in pieces], axis=1)
+
+
+def sound_times(source) -> list[int]:
+    """When each audio packet starts, in milliseconds after the first picture
+    (Matroska keeps milliseconds; a muxer may move every stream's clock)."""
+    with av.open(source) as container:
+        video = container.streams.video[0]
+        start = float(video.start_time * video.time_base)
+        return [round((float(packet.pts * packet.time_base) - start) * 1000)
+                for packet in container.demux(audio=0) if packet.size]
 
 
 def test_chunks_are_the_source_cut_at_key_frames(tmp_path):
@@ -37,6 +54,24 @@ def test_chunks_are_the_source_cut_at_key_frames(tmp_path):
             assert first.is_keyframe
     frames, sound = frames_and_sound(chunks)
     assert np.array_equal(frames, decode_all_frames(str(video)))  # the packets themselves, not re-encoded
+    assert np.array_equal(sound, decode_all_audio(str(video)))
+
+
+@pytest.mark.parametrize("suffix", ["mkv", "mp4"])
+def test_aac_chunks_are_primed_by_the_packet_before_their_own(tmp_path, suffix):
+    """AAC frames overlap: a chunk's first frame decodes whole only after the
+    packet before it. Each chunk carries that packet too (the previous chunk's
+    last; for the first, the encoder's priming packet), and the server drops
+    its sound: the chunks' sound is the source's, sample for sample."""
+    video = recorded_video(tmp_path / f"v.{suffix}", seconds=3, audio_codec="aac")
+    chunks = chunks_of(video)
+    source = sound_times(str(video))
+    for chunk in chunks:
+        start, end = round(chunk.start * 1000), round(chunk.end * 1000)
+        own = [time - start for time in source if start <= time < end]
+        before = [time - start for time in source if time < start][-1]
+        assert sound_times(io.BytesIO(chunk.data)) == [before, *own]
+    _, sound = frames_and_sound(chunks)
     assert np.array_equal(sound, decode_all_audio(str(video)))
 
 

@@ -1,10 +1,11 @@
 """Live streams through the handler in-process, as TorchServe's worker runs
 it with sequence batching (a real ``ts.context.Context``, sequence ids in the
 request headers): a recorded video sent live answers as its timeline does,
-whatever the chunks' container and timestamps; streams never leak into each
-other; bad and hostile chunks are refused and their stream goes on; a
-stream's state is dropped at its end, when idle and by LRU, and the next
-chunk is told; memory stays bounded however long a stream runs."""
+whatever the chunks' container and timestamps, with lossless or AAC sound;
+streams never leak into each other; bad and hostile chunks are refused and
+their stream goes on; a stream's state is dropped at its end, when idle and
+by LRU, and the next chunk is told; memory stays bounded however long a
+stream runs."""
 
 from __future__ import annotations
 
@@ -135,10 +136,11 @@ def spans(answers: list[dict]) -> list[tuple[float, float] | None]:
 # ------------------------------------------------------------ equivalence
 
 
-@pytest.mark.parametrize("from_zero", [False, True], ids=["stream timestamps", "each chunk from 0"])
-def test_a_recorded_video_sent_live_answers_as_its_timeline(live, videos, from_zero):
+@pytest.mark.parametrize("from_zero, audio_codec", [(False, "pcm_f32le"), (True, "pcm_f32le"), (False, "aac")],
+                         ids=["stream timestamps", "each chunk from 0", "AAC sound"])
+def test_a_recorded_video_sent_live_answers_as_its_timeline(live, videos, from_zero, audio_codec, tmp_path):
     handler, context, _ = live
-    video = videos[0]
+    video = videos[0] if audio_codec == "pcm_f32le" else recorded_video(tmp_path / "aac.mkv", audio_codec="aac")
     chunks = chunks_of(video)
     assert [(c.start, c.end, c.frames) for c in chunks] == [(float(s), float(s + 1), FPS) for s in range(6)]
     if from_zero:
@@ -160,14 +162,18 @@ def test_a_recorded_video_sent_live_answers_as_its_timeline(live, videos, from_z
     assert min(largest_difference(a, b) for a, b in combinations(expected.values(), 2)) > 1e-4
 
 
-def test_live_windows_are_sampled_exactly_as_timeline_windows(live, videos):
+@pytest.mark.parametrize("audio_codec", ["pcm_f32le", "aac"])
+def test_live_windows_are_sampled_exactly_as_timeline_windows(live, audio_codec, tmp_path):
     """The model inputs themselves: each live window that coincides with a timeline
-    window has the same frames (through the same transforms) and audio, bit for bit."""
+    window has the same frames (through the same transforms) and audio, bit for bit.
+    With AAC too, whose frames overlap: each chunk's priming packet makes its first
+    frame decode as in the whole video (unprimed, at about half its level)."""
     handler, _, _ = live
-    timeline_samples = handler.predictor.samples(videos[0].read_bytes(), SCRIPT, WINDOW)
+    video = recorded_video(tmp_path / f"{audio_codec}.mkv", audio_codec=audio_codec)
+    timeline_samples = handler.predictor.samples(video.read_bytes(), SCRIPT, WINDOW)
     expected = dict(zip(timeline_samples.spans, timeline_samples.windows, strict=True))
     matched = 0
-    for chunk in chunks_of(videos[0]):
+    for chunk in chunks_of(video):
         prepared = PreparedBatch(size=1)
         batch = handler.live.prepare({0: ChunkRequest("inputs", False, False, chunk_request(chunk.data))}, prepared)
         window = batch.results[0].window

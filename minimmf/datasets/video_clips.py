@@ -239,6 +239,12 @@ def _open(source: VideoSource) -> av.container.InputContainer:
         raise VideoDecodeError(f"not a readable video container ({error}); {CONTAINER_HINT}") from error
 
 
+def _first_picture_seconds(audio: av.audio.stream.AudioStream | None) -> float | None:
+    """When the video stream beside ``audio`` starts, in seconds (None: unknown)."""
+    video = _video_stream(audio.container) if audio is not None else None
+    return float(video.start_time * video.time_base) if video is not None and video.start_time is not None else None
+
+
 def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
     if not container.streams.video:
         kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
@@ -310,11 +316,13 @@ class _AudioSlices:
     """Decoded audio as float32 (channels, samples): for each start sample,
     the ``limit`` samples from there (None: all of them), kept as the audio
     streams past, so memory does not grow with the audio's length. ``target``
-    (rate, layout name) converts it to that format (default: the stream's)."""
+    (rate, layout name) converts it to that format (default: the stream's).
+    Decoded frames that begin before ``from_seconds`` are dropped (they only
+    prime the decoder)."""
 
     def __init__(self, stream: av.audio.stream.AudioStream | None, starts: list[int], limit: int | None,
-                 target: tuple[int, str] | None = None):
-        self.stream, self.limit = stream, limit
+                 target: tuple[int, str] | None = None, from_seconds: float | None = None):
+        self.stream, self.limit, self.from_seconds = stream, limit, from_seconds
         self.chunks: dict[int, list[np.ndarray]] = {start: [] for start in starts}
         self.position = 0  # samples decoded so far
         self.needed_until = None if limit is None else max(starts) + limit
@@ -328,6 +336,8 @@ class _AudioSlices:
 
     def add(self, packet: av.Packet) -> None:
         for frame in packet.decode():
+            if self.from_seconds is not None and frame.time is not None and frame.time < self.from_seconds:
+                continue
             for converted in self.resampler.resample(frame):
                 self._keep(converted.to_ndarray().astype(np.float32, copy=False))
 
@@ -506,9 +516,12 @@ def decode_chunk(source: VideoSource, plan: ChunkPlan, max_audio_samples: int | 
                  audio_format: tuple[int, str] | None = None) -> DecodedChunk:
     """Decode one chunk of a stream (a short, independently decodable video):
     the frames ``plan`` keeps, converted at ``frame_size`` (default: its first
-    frame's) and transformed as ``decode_clips`` does, and all of its audio (none when
+    frame's) and transformed as ``decode_clips`` does, and its audio (none when
     ``max_audio_samples`` is 0), converted to ``audio_format``, up to its video's
-    duration plus ``CHUNK_AUDIO_SLACK_SECONDS``. Errors and ``limits`` as ``decode_clip``."""
+    duration plus ``CHUNK_AUDIO_SLACK_SECONDS``. Sound that begins before the
+    chunk's first picture is the client's priming packet (the previous chunk's
+    last, which makes the first frame of codecs like AAC decode whole) and is
+    dropped. Errors and ``limits`` as ``decode_clip``."""
     deadline = _Deadline(limits)
     info = _checked_info(source, limits, deadline)
     wanted = set(plan(info)) or {0}  # one frame at least, so that an undecodable chunk is refused
@@ -517,7 +530,7 @@ def decode_chunk(source: VideoSource, plan: ChunkPlan, max_audio_samples: int | 
         stream = stream if max_audio_samples != 0 else None
         rate = audio_format[0] if audio_format is not None else stream.rate if stream is not None else 0
         limit = math.ceil((info.duration + CHUNK_AUDIO_SLACK_SECONDS) * rate)
-        return _AudioSlices(stream, [0], limit, audio_format)
+        return _AudioSlices(stream, [0], limit, audio_format, _first_picture_seconds(stream))
 
     keeper = _FrameKeeper(frame_transform, limits, size=frame_size)
     audio = _decode_pass(source, info, wanted, audio_plan, keeper, deadline)

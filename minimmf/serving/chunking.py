@@ -7,7 +7,12 @@ Anything PyAV opens is a source: a file, a file still being written
 URL. Each chunk is a Matroska file of the source's packets from one video key
 frame to the next after ``chunk_seconds``, its sound the audio packets in
 between (by their time), copied, not re-encoded: a chunk decodes on its own,
-and the chunks together decode to the source's frames and samples. Only a
+and the chunks together decode to the source's frames and samples. Each
+chunk's sound starts with a copy of the audio packet before its own (the
+previous chunk's last): it only primes the decoder, whose first frame is
+otherwise wrong for codecs that overlap frames (AAC's first 1024 samples come
+out at about half their level), and the server drops the sound that begins
+before a chunk's first picture. Only a
 source that does not allow this is re-encoded (H.264, a key frame every
 chunk), from the moment it shows: uncompressed video (what most cameras
 give), or key frames further apart than ``max_chunk_seconds``.
@@ -56,6 +61,7 @@ class _Pending:
     video: list = field(default_factory=list)
     audio: list = field(default_factory=list)
     end: float | None = None  # set when the chunk is cut
+    priming: av.Packet | None = None  # the sound packet before the chunk's own (a copy)
 
 
 def open_source(source: str, options: dict[str, str] | None = None, input_format: str | None = None,
@@ -118,6 +124,7 @@ class _Cutter:
             self.current.end = self.current.start + len(self.current.video) / float(self.fps) \
                 if self.reencode else self.video_seen
             self.cut.append(self.current)
+        self.current = None
         self.audio_seen = float("inf")
         yield from self._ready()
         if self.number == 0:
@@ -137,8 +144,9 @@ class _Cutter:
             if not (packet.is_keyframe or self.reencode):
                 return  # frames before the first key frame cannot be decoded
             self.origin = time
-            # sound from before it that overlaps it belongs to the first chunk
-            self.current = _Pending(0.0, audio=[p for p in self.before_origin if self._overlaps_origin(p)])
+            self.current = _Pending(0.0)
+            for early in self.before_origin:
+                self._sound_before_origin(early)
             self.before_origin = []
         seconds = time - self.origin
         self.video_seen = max(self.video_seen, seconds + float((packet.duration or 0) * packet.time_base))
@@ -157,6 +165,15 @@ class _Cutter:
     def _overlaps_origin(self, packet: av.Packet) -> bool:
         return self._time(packet) + float((packet.duration or 0) * packet.time_base) > self.origin
 
+    def _sound_before_origin(self, packet: av.Packet) -> None:
+        """Sound from before the first frame: what overlaps it belongs to the
+        first chunk, the latest packet before that primes it, the rest has no chunk."""
+        if self._overlaps_origin(packet):
+            self.current.audio.append(packet)
+        elif self.current.start == 0.0 and (self.current.priming is None or
+                                            self._time(packet) > self._time(self.current.priming)):
+            self.current.priming = _copied(packet)
+
     def _audio_packet(self, packet: av.Packet) -> None:
         time = self._time(packet)
         if time is None:
@@ -165,9 +182,8 @@ class _Cutter:
             self.before_origin = [*self.before_origin[-255:], packet]
             return
         if time < self.origin:
-            if self._overlaps_origin(packet):
-                self.current.audio.append(packet)
-            return  # sound before the first frame has no chunk
+            self._sound_before_origin(packet)
+            return
         seconds = time - self.origin
         self.audio_seen = max(self.audio_seen, seconds)
         # a late packet goes to the chunk its time falls in, when that one is still here
@@ -214,6 +230,10 @@ class _Cutter:
     # ---------------------------------------------------------- muxing
 
     def _chunk(self, pending: _Pending) -> Chunk:
+        if pending.audio:  # the next chunk's sound is primed by this one's last packet
+            following = self.cut[0] if self.cut else self.current
+            if following is not None:
+                following.priming = _copied(max(pending.audio, key=self._time))
         buffer = io.BytesIO()
         with av.open(buffer, mode="w", format=CHUNK_FORMAT) as output:
             audio = output.add_stream_from_template(self.audio) if self.audio is not None and pending.audio else None
@@ -224,7 +244,8 @@ class _Cutter:
                 for packet in pending.video:
                     packet.stream = video
                     output.mux(packet)
-            for packet in pending.audio:
+            for packet in ([pending.priming] if pending.priming is not None and audio is not None else []) + \
+                    pending.audio:
                 packet.stream = audio
                 output.mux(packet)
         chunk = Chunk(buffer.getvalue(), self.number, pending.start, pending.end, len(pending.video), self.reencode)
@@ -248,3 +269,11 @@ class _Cutter:
                 output.mux(packet)
         for packet in stream.encode():
             output.mux(packet)
+
+
+def _copied(packet: av.Packet) -> av.Packet:
+    """A copy of ``packet`` (muxing empties the one it is given)."""
+    copy = av.Packet(bytes(packet))
+    copy.pts, copy.dts, copy.duration, copy.time_base = packet.pts, packet.dts, packet.duration, packet.time_base
+    copy.is_keyframe = packet.is_keyframe
+    return copy
