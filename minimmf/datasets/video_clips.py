@@ -108,6 +108,7 @@ class DecodedClip:
 class VideoInfo:
     num_frames: int  # video packets with a timestamp (MMF's frame count)
     fps: float | None
+    start: float | None = None  # seconds of its first picture (the smallest video timestamp)
 
     @property
     def duration(self) -> float:
@@ -239,12 +240,6 @@ def _open(source: VideoSource) -> av.container.InputContainer:
         raise VideoDecodeError(f"not a readable video container ({error}); {CONTAINER_HINT}") from error
 
 
-def _first_picture_seconds(audio: av.audio.stream.AudioStream | None) -> float | None:
-    """When the video stream beside ``audio`` starts, in seconds (None: unknown)."""
-    video = _video_stream(audio.container) if audio is not None else None
-    return float(video.start_time * video.time_base) if video is not None and video.start_time is not None else None
-
-
 def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
     if not container.streams.video:
         kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
@@ -290,12 +285,13 @@ def _video_info(source: VideoSource, limits: DecodeLimits, deadline: _Deadline) 
     with _open(source) as container:
         stream = _video_stream(container)
         _check_frame_size(stream.codec_context.width, stream.codec_context.height, limits)
-        count = 0
+        count, first = 0, None
         try:
             for packet in container.demux(stream):
                 if packet.pts is None:
                     continue
                 count += 1
+                first = packet.pts if first is None else min(first, packet.pts)
                 if limits.max_frames is not None and count > limits.max_frames:
                     raise limits.over("the video has", f"more than {limits.max_frames:,} frames", limits.max_frames,
                                       "max_frames")
@@ -303,7 +299,8 @@ def _video_info(source: VideoSource, limits: DecodeLimits, deadline: _Deadline) 
                     deadline.check()
         except av.FFmpegError as error:
             raise VideoDecodeError(f"the video is corrupted ({error})") from error
-        return VideoInfo(count, float(stream.average_rate) if stream.average_rate else None)
+        return VideoInfo(count, float(stream.average_rate) if stream.average_rate else None,
+                         float(first * stream.time_base) if first is not None else None)
 
 
 def count_video_frames(source: VideoSource, limits: DecodeLimits = UNBOUNDED) -> int:
@@ -530,7 +527,8 @@ def decode_chunk(source: VideoSource, plan: ChunkPlan, max_audio_samples: int | 
         stream = stream if max_audio_samples != 0 else None
         rate = audio_format[0] if audio_format is not None else stream.rate if stream is not None else 0
         limit = math.ceil((info.duration + CHUNK_AUDIO_SLACK_SECONDS) * rate)
-        return _AudioSlices(stream, [0], limit, audio_format, _first_picture_seconds(stream))
+        # not the stream's start_time: Matroska gives the video the audio's when the sound starts first
+        return _AudioSlices(stream, [0], limit, audio_format, info.start)
 
     keeper = _FrameKeeper(frame_transform, limits, size=frame_size)
     audio = _decode_pass(source, info, wanted, audio_plan, keeper, deadline)
