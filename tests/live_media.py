@@ -31,9 +31,9 @@ def recorded_video(path: Path, seconds: int = 6, seed: int = 0, audio_codec: str
                        video_options=options)
 
 
-def chunks_of(video: Path, seconds: float = 1.0) -> list[Chunk]:
+def chunks_of(video: Path, seconds: float = 1.0, max_chunk_seconds: float | None = None) -> list[Chunk]:
     with open_source(str(video)) as container:
-        return list(cut_chunks(container, seconds))
+        return list(cut_chunks(container, seconds, max_chunk_seconds))
 
 
 def remuxed(chunk: bytes, container_format: str, from_zero: bool = False) -> bytes:

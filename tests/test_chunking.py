@@ -36,10 +36,11 @@ def sound_times(source) -> list[int]:
     """When each audio packet starts, in milliseconds after the first picture
     (Matroska keeps milliseconds; a muxer may move every stream's clock)."""
     with av.open(source) as container:
-        video = container.streams.video[0]
-        start = float(video.start_time * video.time_base)
-        return [round((float(packet.pts * packet.time_base) - start) * 1000)
-                for packet in container.demux(audio=0) if packet.size]
+        stamps = [(packet.stream.type, float(packet.pts * packet.time_base)) for packet in container.demux()
+                  if packet.size and packet.pts is not None]
+    # the first picture: the smallest video timestamp (a short chunk's start_time can be the sound's)
+    start = min(time for kind, time in stamps if kind == "video")
+    return [round((time - start) * 1000) for kind, time in stamps if kind == "audio"]
 
 
 def test_chunks_are_the_source_cut_at_key_frames(tmp_path):

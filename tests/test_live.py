@@ -19,7 +19,6 @@ import yaml
 
 from devtools.worker import extract, handle, load_handler
 from minimmf.serving.batch import PreparedBatch
-from minimmf.serving.chunking import cut_chunks, open_source
 from minimmf.serving.live import ChunkRequest, LiveStreams
 from minimmf.serving.settings import SettingsError
 from minimmf.serving.torchserve import archive_model
@@ -179,10 +178,9 @@ def test_live_windows_are_sampled_exactly_as_timeline_windows(live, audio_codec,
     timeline_samples = handler.predictor.samples(video.read_bytes(), SCRIPT, WINDOW)
     expected = dict(zip(timeline_samples.spans, timeline_samples.windows, strict=True))
     matched = 0
-    with open_source(str(video)) as source:
-        # re-encoded as make demo's stream is, in chunks of 0.5 s (where Matroska gave the pictures the sound's
-        # start time: the first picture's is the video's smallest timestamp)
-        chunks = list(cut_chunks(source, 0.5 if reencoded else 1.0, max_chunk_seconds=1.0))
+    # re-encoded as make demo's stream is, in chunks of 0.5 s (where Matroska gave the pictures the sound's
+    # start time: the first picture's is the video's smallest timestamp)
+    chunks = chunks_of(video, 0.5 if reencoded else 1.0, max_chunk_seconds=1.0)
     assert all(chunk.reencoded for chunk in chunks) == reencoded
     for chunk in chunks:
         prepared = PreparedBatch(size=1)
